@@ -1,0 +1,150 @@
+"""L-infinity adversarial attacks as pure, batched, jit/vmap-friendly functions.
+
+Every attack takes ``logits_fn(images) -> logits`` (the model in inference mode, its
+state closed over), pixels in [0, 1] and integer labels, and returns adversarial
+images in [0, 1] within `eps` of the input. `eps` and `step_size` may be traced
+scalars, so one compiled function can sweep several eps values with `jax.vmap`.
+Each example's result depends only on that example: the loss is a sum over the
+batch, so its gradient for one image ignores the others (as long as `logits_fn` is
+per-example, i.e. BatchNorm uses running averages).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
+
+
+def _loss_sum(logits_fn: LogitsFn, images, labels):
+    logits = logits_fn(images)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+
+
+def input_gradient(logits_fn: LogitsFn, images, labels):
+    """Gradient of the summed cross-entropy with respect to the images."""
+    return jax.grad(_loss_sum, argnums=1)(logits_fn, images, labels)
+
+
+def _project(x, images, eps):
+    """Clips `x` into the eps-ball around `images`, then into [0, 1]."""
+    return jnp.clip(jnp.clip(x, images - eps, images + eps), 0.0, 1.0)
+
+
+def fgsm(logits_fn: LogitsFn, images, labels, eps):
+    """Fast gradient sign method: clip01(x + eps * sign(grad))."""
+    grad = input_gradient(logits_fn, images, labels)
+    return _project(images + eps * jnp.sign(grad), images, eps)
+
+
+def pgd(
+    logits_fn: LogitsFn,
+    images,
+    labels,
+    eps,
+    *,
+    step_size,
+    steps: int,
+    random_start: bool = False,
+    key: Optional[jax.Array] = None,
+    restarts: int = 1,
+    unroll: int | bool = 1,
+):
+    """Projected gradient descent (Madry et al.) on the cross-entropy, L-infinity ball.
+
+    Each step: x <- clip01(clip_eps(x + step_size * sign(grad))). With `random_start` the
+    start is uniform in the eps-ball (needs `key`). With ``restarts > 1`` the run with the
+    highest loss is kept per example. `unroll` is passed to `lax.fori_loop`.
+    """
+    if steps < 0 or restarts < 1:
+        raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}.")
+    if random_start and key is None:
+        raise ValueError("pgd(random_start=True) needs a jax.random key.")
+
+    def step(_, x):
+        grad = input_gradient(logits_fn, x, labels)
+        return _project(x + step_size * jnp.sign(grad), images, eps)
+
+    def one_run(run_key):
+        x = images
+        if random_start:
+            x = _project(images + jax.random.uniform(run_key, images.shape, images.dtype, -eps, eps), images, eps)
+        return jax.lax.fori_loop(0, steps, step, x, unroll=unroll)
+
+    if restarts == 1:
+        return one_run(key)
+    keys = jax.random.split(key, restarts) if key is not None else [None] * restarts
+    best = one_run(keys[0])
+    best_loss = per_example_loss(logits_fn, best, labels)
+    for run_key in keys[1:]:
+        x = one_run(run_key)
+        loss = per_example_loss(logits_fn, x, labels)
+        better = loss > best_loss
+        best = jnp.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), x, best)
+        best_loss = jnp.maximum(loss, best_loss)
+    return best
+
+
+def per_example_loss(logits_fn: LogitsFn, images, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits_fn(images), labels)
+
+
+def margin(logits, labels):
+    """Correct-class logit minus the best other logit (< 0 means misclassified)."""
+    correct = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
+    return correct - others.max(axis=-1)
+
+
+def square(
+    logits_fn: LogitsFn,
+    images,
+    labels,
+    eps,
+    *,
+    key: jax.Array,
+    queries: int = 200,
+    p_init: float = 0.1,
+):
+    """Square attack (Andriushchenko et al., 2020), L-infinity, gradient-free.
+
+    Starts from vertical stripes of +-eps, then per query proposes a random square of
+    +-eps (one sign per channel) and keeps it where the margin loss drops. Uses only
+    logits, so it is the referee for gradient masking: a model that resists PGD but not
+    this attack masks its gradients. The square side shrinks on the schedule of the paper.
+    """
+    n, height, width, channels = images.shape
+    key, init_key = jax.random.split(key)
+    stripes = jax.random.choice(init_key, jnp.array([-1.0, 1.0]), (n, 1, width, channels))
+    x = _project(images + eps * stripes, images, eps)
+    best = margin(logits_fn(x), labels)
+
+    def p_schedule(i):
+        fractions = jnp.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000]) * queries / 10000
+        halvings = jnp.sum(i >= fractions)
+        return p_init / 2.0 ** halvings
+
+    def body(i, carry):
+        x, best, key = carry
+        key, k_pos, k_sign = jax.random.split(key, 3)
+        side = jnp.clip(jnp.round(jnp.sqrt(p_schedule(i) * height * width)), 1, min(height, width)).astype(jnp.int32)
+        pos = jax.random.uniform(k_pos, (n, 2))
+        top = jnp.floor(pos[:, 0] * (height - side + 1)).astype(jnp.int32)
+        left = jnp.floor(pos[:, 1] * (width - side + 1)).astype(jnp.int32)
+        rows = jnp.arange(height)[None, :, None]
+        cols = jnp.arange(width)[None, None, :]
+        inside = ((rows >= top[:, None, None]) & (rows < (top + side)[:, None, None])
+                  & (cols >= left[:, None, None]) & (cols < (left + side)[:, None, None]))
+        signs = jax.random.choice(k_sign, jnp.array([-1.0, 1.0]), (n, 1, 1, channels))
+        candidate = jnp.where(inside[..., None], _project(images + eps * signs, images, eps), x)
+        loss = margin(logits_fn(candidate), labels)
+        improved = (loss < best) & (best > 0)
+        x = jnp.where(improved[:, None, None, None], candidate, x)
+        return x, jnp.where(improved, loss, best), key
+
+    x, _, _ = jax.lax.fori_loop(0, queries, body, (x, best, key))
+    return x

@@ -1,0 +1,162 @@
+"""Frequency decomposition of images (Section 3.1 and 8 of Wang et al., CVPR 2020).
+
+All functions are pure `jnp` functions on channels-last images ``[..., H, W, C]``
+(any number of leading batch dimensions) and can be `jax.jit`-ed and `jax.vmap`-ed.
+
+The paper's split keeps, per channel, the Fourier coefficients within Euclidean
+distance ``r`` of the centre of the *centred* (fftshift-ed) spectrum, whose centre
+is at ``(H // 2, W // 2)``. We never shift: the centred position ``i`` holds the
+unshifted frequency ``i - H // 2``, which is exactly ``np.fft.fftfreq(H) * H``; so
+the mask is built on signed integer frequencies and applied to the real-input
+transform (``rfft2``). The mask is symmetric under ``f -> -f``, hence the inverse
+is real and equals the paper's "discard the imaginary part".
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+RESCALE_MODES = ("none", "max", "minmax")
+
+
+def _check_radius(radius) -> None:
+    """Rejects negative or non-finite radii when the radius is a concrete value."""
+    if isinstance(radius, jax.core.Tracer):
+        return
+    value = np.asarray(radius)
+    if value.size and (not np.all(np.isfinite(value)) or np.any(value < 0)):
+        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}.")
+
+
+def _check_images(images, what: str = "images") -> jnp.ndarray:
+    """Validates `[..., H, W, C]` real images and returns them as a float array."""
+    images = jnp.asarray(images)
+    if images.ndim < 3:
+        raise ValueError(
+            f"{what} must be channels-last [..., H, W, C] with at least 3 dims, "
+            f"got shape {images.shape}. Add a channel axis for grey images (x[..., None])."
+        )
+    if jnp.issubdtype(images.dtype, jnp.complexfloating) or images.dtype == jnp.bool_:
+        raise TypeError(f"{what} must be real numbers (uint8 or float), got dtype {images.dtype}.")
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        images = images.astype(jnp.float32)
+    return images
+
+
+def _signed_frequencies(n: int) -> np.ndarray:
+    """Signed integer frequency of each unshifted FFT index (centre at n // 2 after fftshift)."""
+    return np.fft.fftfreq(n, d=1.0 / n).round().astype(np.int64)
+
+
+def squared_distance(height: int, width: int, *, real_input: bool = False) -> np.ndarray:
+    """Squared distance of every *unshifted* frequency to the spectrum's centre.
+
+    With ``real_input=True`` only the ``width // 2 + 1`` columns kept by ``rfft2``.
+    """
+    fy = _signed_frequencies(height)[:, None]
+    fx = _signed_frequencies(width)[None, :]
+    d2 = fy**2 + fx**2
+    if real_input:
+        d2 = d2[:, : width // 2 + 1]
+    return d2.astype(np.float32)
+
+
+def radial_mask(height: int, width: int, radius, *, inclusive: bool = True) -> jnp.ndarray:
+    """1.0 inside the disk of `radius` around the centre of the centred (fftshift-ed) spectrum.
+
+    ``inclusive=True`` is the paper's ``d <= r``; ``inclusive=False`` is ``d < r`` as in the
+    authors' released code. The result is laid out centred, like ``np.fft.fftshift`` output.
+    """
+    _check_radius(radius)
+    i = np.arange(height)[:, None] - height // 2
+    j = np.arange(width)[None, :] - width // 2
+    d2 = jnp.asarray((i**2 + j**2).astype(np.float32))
+    r2 = jnp.square(jnp.asarray(radius, jnp.float32))
+    inside = d2 <= r2 if inclusive else d2 < r2
+    return inside.astype(jnp.float32)
+
+
+def _low_pass_rfft(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarray:
+    height, width = images.shape[-3], images.shape[-2]
+    d2 = jnp.asarray(squared_distance(height, width, real_input=True))
+    r2 = jnp.square(jnp.asarray(radius, jnp.float32))
+    keep = (d2 <= r2) if inclusive else (d2 < r2)
+    spectrum = jnp.fft.rfft2(images, axes=(-3, -2))
+    spectrum = spectrum * keep[:, :, None].astype(spectrum.dtype)
+    return jnp.fft.irfft2(spectrum, s=(height, width), axes=(-3, -2)).astype(images.dtype)
+
+
+def split(images, radius, *, inclusive: bool = True) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Splits images into low- and high-frequency components (LFC, HFC) at `radius`.
+
+    Args:
+      images: real ``[..., H, W, C]`` array (uint8 is converted to float32).
+      radius: Python number or (traced) scalar; a traced radius compiles once for all radii.
+      inclusive: ``d <= r`` (paper) if True, ``d < r`` (authors' code) if False.
+
+    Returns:
+      ``(low, high)`` float arrays of the input's shape with ``low + high == images``.
+    """
+    _check_radius(radius)
+    images = _check_images(images)
+    low = _low_pass_rfft(images, radius, inclusive)
+    return low, images - low
+
+
+def rescale(images, mode: str) -> jnp.ndarray:
+    """Per-image normalisation used when training on LFC/HFC images (Table 1).
+
+    ``"max"`` divides each image by its maximum (the authors' code), ``"minmax"`` maps each
+    image to [0, 1], ``"none"`` returns the images unchanged. Constant images map to 0.
+    """
+    if mode not in RESCALE_MODES:
+        raise ValueError(f"unknown rescale mode {mode!r}; choose one of {RESCALE_MODES}.")
+    images = _check_images(images)
+    if mode == "none":
+        return images
+    axes = (-3, -2, -1)
+    hi = jnp.max(images, axis=axes, keepdims=True)
+    tiny = jnp.finfo(images.dtype).tiny
+    if mode == "max":
+        safe = jnp.where(jnp.abs(hi) > tiny, hi, 1.0)
+        return jnp.where(jnp.abs(hi) > tiny, images / safe, 0.0)
+    lo = jnp.min(images, axis=axes, keepdims=True)
+    span = hi - lo
+    return jnp.where(span > tiny, (images - lo) / jnp.where(span > tiny, span, 1.0), 0.0)
+
+
+def svd_split(images, rank: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Section 8's alternative split: per channel, reconstruction from the `rank` largest
+    singular values (dominant) and from the remaining ones (trailing)."""
+    images = _check_images(images)
+    max_rank = min(images.shape[-3], images.shape[-2])
+    if not isinstance(rank, numbers.Integral) or not 0 <= rank <= max_rank:
+        raise ValueError(f"rank must be an integer in [0, {max_rank}], got {rank!r}.")
+    mats = jnp.moveaxis(images, -1, -3)  # [..., C, H, W]
+    u, s, vt = jnp.linalg.svd(mats, full_matrices=False)
+    keep = (jnp.arange(s.shape[-1]) < rank).astype(s.dtype)
+    dominant = jnp.einsum("...ik,...k,...kj->...ij", u, s * keep, vt)
+    dominant = jnp.moveaxis(dominant, -3, -1)
+    return dominant, images - dominant
+
+
+def radial_spectrum(images) -> jnp.ndarray:
+    """Mean power ``|F(x)|^2`` per integer radius (rounded distance to the centre).
+
+    Returns ``[..., R]`` with ``R = floor(max distance) + 1``, averaged over channels and
+    over the frequencies in each ring; leading batch dims are kept.
+    """
+    images = _check_images(images)
+    height, width = images.shape[-3], images.shape[-2]
+    ring = np.rint(np.sqrt(squared_distance(height, width))).astype(np.int32)
+    num = int(ring.max()) + 1
+    onehot = jnp.asarray(np.eye(num, dtype=np.float32)[ring])  # [H, W, R]
+    power = jnp.abs(jnp.fft.fft2(images, axes=(-3, -2))) ** 2
+    power = jnp.mean(power, axis=-1)  # [..., H, W]
+    total = jnp.einsum("...hw,hwr->...r", power, onehot)
+    return total / onehot.sum(axis=(0, 1))

@@ -1,0 +1,34 @@
+"""Command line: python -m hfcjax.main --config configs/<file>.py --workdir DIR [--config.KEY=VALUE]
+
+Only parses flags and calls `train.train_and_evaluate`; bad input ends with one clear
+message instead of a traceback.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+    import jax
+
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    from hfcjax import cli_errors, train
+
+    with cli_errors.clear_errors():
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,233 @@
+"""Flax linen classifiers used in the paper, built by `create_model(name, num_classes, **options)`.
+
+Every model takes pixels in [0, 1] as ``[N, H, W, C]`` (grey or colour, any size the
+architecture allows) and returns logits. Conventions shared by all of them:
+
+* The first convolution is named ``stem``: its kernel is at ``params/stem/kernel``
+  (HWIO). Kernel smoothing (Eq. 3) selects it by that path.
+* ``batch_norm=True`` puts BatchNorm (scale 1, offset 0 at init) after convolutions;
+  with ``batch_norm=False`` convolutions get a bias instead.
+* ``dropout_rate`` applies dropout before every fully-connected layer but the input.
+* Kernels use Xavier (Glorot) uniform initialisation, as in the paper.
+* ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+FIRST_CONV = "stem"
+xavier = nn.initializers.xavier_uniform()
+
+
+class _Base(nn.Module):
+    """Shared options and layer factories."""
+
+    num_classes: int = 10
+    batch_norm: bool = True
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    def conv(self, features, kernel, strides=1, name=None, padding="SAME"):
+        return nn.Conv(
+            features, (kernel, kernel), strides=(strides, strides), padding=padding,
+            use_bias=not self.batch_norm, kernel_init=xavier, dtype=self.dtype, name=name,
+        )
+
+    def norm(self, train: bool, name=None):
+        return _norm_fn(self.batch_norm, self.dtype, train)(name=name)
+
+    def dense(self, features, name=None):
+        return nn.Dense(features, kernel_init=xavier, dtype=self.dtype, name=name)
+
+    def classifier(self, x, hidden: Sequence[int], train: bool, dropout_input: bool = False):
+        """Flatten, hidden dense layers with ReLU, then the logits layer; dropout feeds every
+        dense layer after the first (and the first too with `dropout_input`)."""
+        dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+        x = x.reshape((x.shape[0], -1))
+        x = dropout(x) if dropout_input else x
+        for i, width in enumerate(hidden):
+            x = dropout(nn.relu(self.dense(width, name=f"fc{i + 1}")(x)))
+        return self.dense(self.num_classes, name="logits")(x).astype(jnp.float32)
+
+
+# --------------------------------------------------------------------------- ResNets
+
+
+def _conv_fn(batch_norm, dtype):
+    return functools.partial(nn.Conv, use_bias=not batch_norm, kernel_init=xavier, dtype=dtype)
+
+
+def _norm_fn(batch_norm, dtype, train):
+    """BatchNorm factory (scale 1, offset 0 at init), or identity without BatchNorm."""
+    if not batch_norm:
+        return lambda **kw: (lambda v: v)
+    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5, dtype=dtype)
+
+
+class _BasicBlock(nn.Module):
+    features: int
+    strides: int
+    batch_norm: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train):
+        conv, norm = _conv_fn(self.batch_norm, self.dtype), _norm_fn(self.batch_norm, self.dtype, train)
+        y = conv(self.features, (3, 3), (self.strides, self.strides))(x)
+        y = nn.relu(norm()(y))
+        y = norm()(conv(self.features, (3, 3))(y))
+        if x.shape != y.shape:
+            x = conv(self.features, (1, 1), (self.strides, self.strides), name="shortcut")(x)
+            x = norm(name="shortcut_bn")(x)
+        return nn.relu(x + y)
+
+
+class _Bottleneck(nn.Module):
+    features: int
+    strides: int
+    batch_norm: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train):
+        conv, norm = _conv_fn(self.batch_norm, self.dtype), _norm_fn(self.batch_norm, self.dtype, train)
+        y = nn.relu(norm()(conv(self.features, (1, 1))(x)))
+        y = nn.relu(norm()(conv(self.features, (3, 3), (self.strides, self.strides))(y)))
+        y = norm()(conv(self.features * 4, (1, 1))(y))
+        if x.shape != y.shape:
+            x = conv(self.features * 4, (1, 1), (self.strides, self.strides), name="shortcut")(x)
+            x = norm(name="shortcut_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResNet(_Base):
+    """ResNet in CIFAR form (3x3 stem, stride 1, no max-pool) or ImageNet form (7x7/2 + pool)."""
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    block: Callable = _BasicBlock
+    imagenet_stem: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.astype(self.dtype)
+        if self.imagenet_stem:
+            x = self.conv(64, 7, 2, name=FIRST_CONV)(x)
+        else:
+            x = self.conv(64, 3, 1, name=FIRST_CONV)(x)
+        x = nn.relu(self.norm(train, name="stem_bn")(x))
+        if self.imagenet_stem:
+            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        for i, blocks in enumerate(self.stage_sizes):
+            for j in range(blocks):
+                strides = 2 if i > 0 and j == 0 else 1
+                block = self.block(64 * 2**i, strides, self.batch_norm, self.dtype,
+                                   name=f"stage{i + 1}_block{j + 1}")
+                x = block(x, train)
+        return self.classifier(jnp.mean(x, axis=(1, 2)), (), train, dropout_input=True)
+
+
+class _PreActBlock(nn.Module):
+    features: int
+    strides: int
+    batch_norm: bool
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x, train):
+        conv, norm = _conv_fn(self.batch_norm, self.dtype), _norm_fn(self.batch_norm, self.dtype, train)
+        y = nn.relu(norm()(x))
+        shortcut = x
+        if x.shape[-1] != self.features or self.strides != 1:
+            shortcut = conv(self.features, (1, 1), (self.strides, self.strides), name="shortcut")(y)
+        y = conv(self.features, (3, 3), (self.strides, self.strides))(y)
+        y = conv(self.features, (3, 3))(nn.relu(norm()(y)))
+        return shortcut + y
+
+
+class CifarResNet(_Base):
+    """The authors' CIFAR ResNet: pre-activation, 6n+2 layers, 16/32/64 channels (n=5: 32 layers)."""
+
+    n: int = 5
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = self.conv(16, 3, 1, name=FIRST_CONV)(x.astype(self.dtype))
+        for i, features in enumerate((16, 32, 64)):
+            for j in range(self.n):
+                strides = 2 if i > 0 and j == 0 else 1
+                block = _PreActBlock(features, strides, self.batch_norm, self.dtype,
+                                     name=f"stage{i + 1}_block{j + 1}")
+                x = block(x, train)
+        x = nn.relu(self.norm(train, name="final_bn")(x))
+        return self.classifier(jnp.mean(x, axis=(1, 2)), (), train, dropout_input=True)
+
+
+# --------------------------------------------------------------------------- plain CNNs
+
+
+class _PlainCNN(_Base):
+    """conv(-BN)-ReLU stacks with max-pools ('M'), then a dense classifier."""
+
+    layers: Sequence[Any] = ()  # (features, kernel) tuples and "M"
+    hidden: Sequence[int] = ()
+    conv_padding: str = "SAME"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.astype(self.dtype)
+        n = 0
+        for layer in self.layers:
+            if layer == "M":
+                x = nn.max_pool(x, (2, 2), (2, 2), padding="SAME")
+                continue
+            features, kernel = layer
+            name = FIRST_CONV if n == 0 else f"conv{n + 1}"
+            x = self.conv(features, kernel, name=name, padding=self.conv_padding)(x)
+            x = nn.relu(self.norm(train, name=f"{name}_bn")(x))
+            n += 1
+        return self.classifier(x, self.hidden, train)
+
+
+def _vgg(cfg):
+    return [("M" if v == "M" else (v, 3)) for v in cfg]
+
+
+_VGG11 = _vgg([64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"])
+_VGG16 = _vgg([64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"])
+
+MODELS = {
+    "resnet18": lambda **kw: ResNet(stage_sizes=(2, 2, 2, 2), block=_BasicBlock, **kw),
+    "resnet50": lambda **kw: ResNet(stage_sizes=(3, 4, 6, 3), block=_Bottleneck, **kw),
+    "cifar_resnet": lambda **kw: CifarResNet(**kw),
+    "lenet": lambda **kw: _PlainCNN(layers=[(6, 5), "M", (16, 5), "M"], hidden=(120, 84),
+                                    conv_padding="VALID", **kw),
+    "alexnet": lambda **kw: _PlainCNN(layers=[(64, 5), "M", (192, 5), "M", (384, 3), (256, 3), (256, 3), "M"],
+                                      hidden=(1024, 1024), **kw),
+    "vgg11": lambda **kw: _PlainCNN(layers=_VGG11, hidden=(512,), **kw),
+    "vgg16": lambda **kw: _PlainCNN(layers=_VGG16, hidden=(512,), **kw),
+    "mnist_cnn": lambda **kw: _PlainCNN(layers=[(32, 5), "M", (64, 5), "M"], hidden=(1024,), **kw),
+}
+OPTIONS = ("batch_norm", "dropout_rate", "dtype", "imagenet_stem", "n")
+
+
+def create_model(name: str, num_classes: int, **options) -> nn.Module:
+    """Builds model `name` with `num_classes` outputs; options: batch_norm, dropout_rate, dtype."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown model options {sorted(unknown)}; known: {OPTIONS}.")
+    rate = options.get("dropout_rate", 0.0)
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {rate}.")
+    if isinstance(options.get("dtype"), str):
+        options["dtype"] = jnp.dtype(options["dtype"])
+    return MODELS[name](num_classes=num_classes, **options)

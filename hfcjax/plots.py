@@ -1,0 +1,121 @@
+"""Matplotlib figures (PNG) from arrays and metrics; numerics never import this module."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hfcjax import frequency  # noqa: E402
+
+
+def _save(fig, path) -> str:
+    """Writes atomically (temp file + rename) so a crash never leaves half a PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def _show(ax, image, title=None, symmetric=False):
+    image = np.asarray(image, np.float32)
+    if symmetric:  # HFC: zero-centred, stretch for visibility
+        scale = max(np.abs(image).max(), 1e-8)
+        image = 0.5 + 0.5 * image / scale
+    image = np.clip(image, 0, 1)
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def split_examples(images_u8, radii: Sequence[float], path, labels=None, class_names=None) -> str:
+    """Figure-2-style grid: per image, the original then LFC and HFC at every radius.
+
+    HFC images are zero-centred; they are shown stretched to [0, 1] around mid-grey.
+    """
+    images = np.asarray(images_u8, np.float32) / 255.0
+    n, cols = len(images), 1 + 2 * len(radii)
+    fig, axes = plt.subplots(n, cols, figsize=(1.2 * cols, 1.25 * n), squeeze=False)
+    parts = [frequency.split(images, r) for r in radii]
+    for i in range(n):
+        name = ""
+        if labels is not None:
+            name = class_names[labels[i]] if class_names else str(labels[i])
+        _show(axes[i, 0], images[i], f"original {name}".strip() if i == 0 or name else None)
+        for k, r in enumerate(radii):
+            low, high = parts[k]
+            _show(axes[i, 1 + 2 * k], low[i], f"LFC r={r:g}" if i == 0 else None)
+            _show(axes[i, 2 + 2 * k], high[i], f"HFC r={r:g}" if i == 0 else None, symmetric=True)
+    fig.suptitle("Low/high-frequency split (Wang et al. 2020, Sec. 3.1); HFC stretched for display", fontsize=8)
+    return _save(fig, path)
+
+
+def read_metrics(path) -> List[Dict]:
+    records = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                records.append(json.loads(line))
+    return records
+
+
+def training_curves(records: Sequence[Dict], path, title: Optional[str] = None) -> str:
+    """Figure-3/5-style panels: accuracy along epochs of train/test on the original images
+    and on their LFC and HFC at every tracked radius."""
+    if not records:
+        raise ValueError("no metrics to plot: metrics.jsonl is empty.")
+    epochs = [r["epoch"] for r in records]
+    radii = sorted({k.split("_r")[1] for k in records[0] if "_low_r" in k}, key=float)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
+    for ax, split in zip(axes, ("train", "test")):
+        ax.plot(epochs, [r[f"{split}_acc"] for r in records], "k-", lw=2, label=f"{split} (original)")
+        for c, radius in zip(colours, radii):
+            ax.plot(epochs, [r[f"{split}_low_r{radius}"] for r in records], "-", color=c, label=f"LFC r={radius}")
+            ax.plot(epochs, [r[f"{split}_high_r{radius}"] for r in records], "--", color=c, label=f"HFC r={radius}")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{split} set")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def kernels(kernel_sets: Dict[str, np.ndarray], path, max_kernels: int = 16) -> str:
+    """Figure-7-style grid of first-layer HWIO kernels: one row block per model/rho,
+    one column per output kernel, one row per input channel (shared colour scale per block)."""
+    names = list(kernel_sets)
+    first = np.asarray(kernel_sets[names[0]])
+    channels, count = first.shape[2], min(first.shape[3], max_kernels)
+    fig, axes = plt.subplots(len(names) * channels, count, figsize=(0.55 * count, 0.6 * channels * len(names) + 0.4),
+                             squeeze=False)
+    for b, name in enumerate(names):
+        k = np.asarray(kernel_sets[name], np.float32)
+        scale = max(np.abs(k[..., :count]).max(), 1e-8)
+        for c in range(channels):
+            for o in range(count):
+                ax = axes[b * channels + c, o]
+                ax.imshow(k[:, :, c, o], cmap="coolwarm", vmin=-scale, vmax=scale, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+            axes[b * channels + c, 0].set_ylabel(f"{name}\nch{c}" if c == 0 else f"ch{c}", fontsize=6,
+                                                  rotation=0, ha="right", va="center")
+    fig.suptitle("First-layer kernels (blue < 0 < red)", fontsize=8)
+    return _save(fig, path)

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# hfcjax's two commands on a fresh machine:
+#   ./run.sh          creates/refreshes .venv, then trains a small real job and writes metrics + figures
+#   ./run.sh test     creates/refreshes .venv (with test extras), then runs the test suite
+# Any further arguments after `test` go to pytest; after nothing/`train`, to hfcjax.main.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV="${HFCJAX_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+
+setup() {
+  local extras="$1"
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.hfcjax-installed-$extras"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e ".[${extras}]"
+    touch "$stamp"
+  fi
+}
+
+# Real offline data: ../shared/data when it exists and nothing else was said.
+if [ -z "${HFCJAX_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
+  export HFCJAX_DATA_DIR="$(cd ../shared/data && pwd)"
+fi
+
+cmd="${1:-train}"
+case "$cmd" in
+  test)
+    shift
+    setup test
+    exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  train)
+    [ $# -gt 0 ] && shift
+    setup test
+    WORKDIR="${WORKDIR:-runs/fashion_mnist_cnn}"
+    echo "hfcjax: training the MNIST CNN on Fashion-MNIST (data: ${HFCJAX_DATA_DIR:-tfds}) into $WORKDIR"
+    "$VENV/bin/python" -m hfcjax.main --config configs/fashion_mnist_cnn.py --workdir "$WORKDIR" "$@"
+    echo "hfcjax: metrics in $WORKDIR/metrics.jsonl, figures in $WORKDIR/figures/, checkpoints in $WORKDIR/checkpoints/"
+    echo "hfcjax: evaluate with: $VENV/bin/python -m hfcjax.evaluate --workdir $WORKDIR"
+    ;;
+  *)
+    echo "usage: ./run.sh [train [--config.KEY=VALUE ...]] | ./run.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac
