@@ -75,17 +75,20 @@ def radial_mask(height: int, width: int, radius, *, inclusive: bool = True) -> j
     _check_radius(radius)
     i = np.arange(height)[:, None] - height // 2
     j = np.arange(width)[None, :] - width // 2
-    d2 = jnp.asarray((i**2 + j**2).astype(np.float32))
-    r2 = jnp.square(jnp.asarray(radius, jnp.float32))
-    inside = d2 <= r2 if inclusive else d2 < r2
-    return inside.astype(jnp.float32)
+    return _inside(np.sqrt(i**2 + j**2), radius, inclusive).astype(jnp.float32)
+
+
+def _inside(distance: np.ndarray, radius, inclusive: bool) -> jnp.ndarray:
+    """Compares distances with the radius in float32 (both rounded alike, so a radius equal
+    to a distance, e.g. the half-diagonal, is on the circle)."""
+    d = jnp.asarray(distance.astype(np.float32))
+    r = jnp.asarray(radius, jnp.float32)
+    return d <= r if inclusive else d < r
 
 
 def _low_pass_rfft(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarray:
     height, width = images.shape[-3], images.shape[-2]
-    d2 = jnp.asarray(squared_distance(height, width, real_input=True))
-    r2 = jnp.square(jnp.asarray(radius, jnp.float32))
-    keep = (d2 <= r2) if inclusive else (d2 < r2)
+    keep = _inside(np.sqrt(squared_distance(height, width, real_input=True)), radius, inclusive)
     spectrum = jnp.fft.rfft2(images, axes=(-3, -2))
     spectrum = spectrum * keep[:, :, None].astype(spectrum.dtype)
     return jnp.fft.irfft2(spectrum, s=(height, width), axes=(-3, -2)).astype(images.dtype)

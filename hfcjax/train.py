@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from flax import struct
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from hfcjax import attacks, config as config_lib, data, frequency, models, plots, sharding
+from hfcjax import attacks, config as config_lib, data, frequency, measure, models, plots, sharding
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -46,6 +46,46 @@ class TrainState(struct.PyTreeNode):
 
 
 # --------------------------------------------------------------------------- building blocks
+
+
+def _positive_int(config, key):
+    value = config[key]
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"config.{key} must be a positive integer, got {value!r}.")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key and what is allowed."""
+    data.get_spec(config.dataset)
+    if config.data_source not in data.SOURCES:
+        raise ValueError(f"config.data_source must be one of {data.SOURCES}, got {config.data_source!r}.")
+    if config.model not in models.MODELS:
+        raise ValueError(f"config.model {config.model!r} is unknown; choose one of {sorted(models.MODELS)}.")
+    if config.optimizer not in config_lib.OPTIMIZERS:
+        raise ValueError(f"config.optimizer {config.optimizer!r} is unknown; choose one of {config_lib.OPTIMIZERS}.")
+    for key in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
+        _positive_int(config, key)
+    for key in ("train_subset", "test_subset", "eval_train_subset"):
+        if not isinstance(config[key], int) or config[key] < 0:
+            raise ValueError(f"config.{key} must be an integer >= 0 (0 = all), got {config[key]!r}.")
+    if not config.learning_rate > 0:
+        raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate!r}.")
+    if not 0.0 <= config.dropout_rate < 1.0:
+        raise ValueError(f"config.dropout_rate must be in [0, 1), got {config.dropout_rate!r}.")
+    if config.mixup_alpha < 0:
+        raise ValueError(f"config.mixup_alpha must be >= 0 (0 = off), got {config.mixup_alpha!r}.")
+    if config.train_component not in config_lib.COMPONENTS:
+        raise ValueError(f"config.train_component must be one of {config_lib.COMPONENTS}, got {config.train_component!r}.")
+    if config.train_rescale not in frequency.RESCALE_MODES:
+        raise ValueError(f"config.train_rescale must be one of {frequency.RESCALE_MODES}, got {config.train_rescale!r}.")
+    if config.compute_dtype not in config_lib.DTYPES:
+        raise ValueError(f"config.compute_dtype must be one of {config_lib.DTYPES}, got {config.compute_dtype!r}.")
+    radii = [config.train_radius, *config.track_radii]
+    if any(not r >= 0 for r in radii):
+        raise ValueError(f"radii must be >= 0: train_radius={config.train_radius}, track_radii={config.track_radii}.")
+    adv = config.adversarial
+    if adv.enabled and not (0 <= adv.eps <= 1 and adv.step_size > 0 and adv.steps > 0):
+        raise ValueError("config.adversarial needs 0 <= eps <= 1, step_size > 0 and steps > 0.")
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -77,10 +117,6 @@ def init_state(model, tx, image_shape, seed: int) -> TrainState:
                       opt_state=tx.init(params), rng=state_key)
 
 
-def to_unit(images_u8):
-    return images_u8.astype(jnp.float32) / 255.0
-
-
 def training_inputs(config, x):
     """The images the model trains on: x, or its rescaled LFC/HFC (Table 1)."""
     if config.train_component == "original":
@@ -95,7 +131,7 @@ def make_train_step(config, model, tx, num_classes: int):
     def step(state: TrainState, acc, images_u8, labels):
         key = jax.random.fold_in(state.rng, state.step)
         mix_key, perm_key, dropout_key, adv_key = jax.random.split(key, 4)
-        x = training_inputs(config, to_unit(images_u8))
+        x = training_inputs(config, measure.to_unit(images_u8))
         if config.adversarial.enabled:
             variables = variables_of(state.params, state.batch_stats)
             logits_fn = lambda z: model.apply(variables, z, train=False)
@@ -138,24 +174,13 @@ def zero_accumulator():
             "count": jnp.zeros((), jnp.int32), "bad_step": jnp.full((), np.iinfo(np.int32).max, jnp.int32)}
 
 
-def variant_names(radii):
-    return ["orig"] + [f"low_r{r:g}" for r in radii] + [f"high_r{r:g}" for r in radii]
-
-
 def make_eval_step(model, inclusive: bool):
-    """(variables, images_u8, labels, mask, radii) -> correct counts per variant [1 + 2R]:
-    the original images, then their LFC and HFC at every radius, in one compiled pass."""
+    """(variables, images_u8, labels, mask, radii) -> correct counts of the original images
+    and of their LFC and HFC at every radius, in one compiled pass."""
 
     def step(variables, images_u8, labels, mask, radii):
-        x = to_unit(images_u8)
-        low, high = jax.vmap(lambda r: frequency.split(x, r, inclusive=inclusive))(radii)
-        variants = jnp.concatenate([x[None], low, high])  # [V, B, H, W, C]
-
-        def correct(v):
-            logits = model.apply(variables, v, train=False)
-            return jnp.sum((jnp.argmax(logits, -1) == labels) * mask)
-
-        return jax.lax.map(correct, variants)
+        logits_fn = lambda v: model.apply(variables, v, train=False)
+        return measure.variant_counts(logits_fn, images_u8, labels, mask, radii, inclusive=inclusive)
 
     return step
 
@@ -167,7 +192,7 @@ class Trainer:
     """Holds the compiled steps, the data and the checkpoint manager of one run."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        config_lib.validate(config)
+        validate_config(config)
         self.config, self.workdir = config, Path(workdir)
         self.mesh = sharding.make_mesh()
         sharding.check_batch_size(config.batch_size, self.mesh)
@@ -213,7 +238,7 @@ class Trainer:
             counts = self.eval_step(variables, x, y, m, self.radii)
             total = counts if total is None else total + counts
         total = np.asarray(jax.device_get(total), np.float64) / len(images)
-        return dict(zip(variant_names(self.config.track_radii), total.tolist()))
+        return dict(zip(measure.variant_names(self.config.track_radii), total.tolist()))
 
     def epoch_metrics(self, state) -> Dict[str, float]:
         eval_train = data.subset(self.train_images, self.train_labels, self.config.eval_train_subset)

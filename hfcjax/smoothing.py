@@ -1,0 +1,71 @@
+"""Kernel smoothing (Eq. 3, Section 6.3) as a pure transform of a Flax parameter tree.
+
+    w[i, j] <- w[i, j] + rho * sum of its 8 spatial neighbours
+
+with out-of-border neighbours duplicated from the border (edge replicate) and no
+renormalisation, on every input/output channel of an HWIO kernel.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from hfcjax.models import FIRST_CONV
+
+DEFAULT_LAYERS = (rf"^{FIRST_CONV}/kernel$",)
+
+
+def smooth_kernel(kernel, rho):
+    """Eq. 3 on an HWIO kernel of any spatial size; `rho` may be traced."""
+    kernel = jnp.asarray(kernel)
+    if kernel.ndim != 4:
+        raise ValueError(f"smooth_kernel expects an HWIO kernel (4 dims), got shape {kernel.shape}.")
+    h, w = kernel.shape[:2]
+    padded = jnp.pad(kernel, ((1, 1), (1, 1), (0, 0), (0, 0)), mode="edge")
+    neighbours = sum(padded[1 + di: 1 + di + h, 1 + dj: 1 + dj + w]
+                     for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0))
+    return kernel + rho * neighbours
+
+
+def _path_string(path) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def selected_paths(params, layers: Sequence[str] = DEFAULT_LAYERS):
+    """Paths ('a/b/kernel') of the 4-D kernels whose path matches any regex in `layers`."""
+    flat = traverse_util.flatten_dict(_unfreeze(params))
+    patterns = [re.compile(p) for p in layers]
+    found = [_path_string(k) for k, v in flat.items()
+             if getattr(v, "ndim", 0) == 4 and any(p.search(_path_string(k)) for p in patterns)]
+    if not found:
+        convs = [_path_string(k) for k, v in flat.items() if getattr(v, "ndim", 0) == 4]
+        raise ValueError(f"no convolution kernel matches {list(layers)}; kernels in this model: {convs[:8]}"
+                         f"{' ...' if len(convs) > 8 else ''}")
+    return found
+
+
+def _unfreeze(tree):
+    return tree.unfreeze() if hasattr(tree, "unfreeze") else tree
+
+
+def smooth_params(params, rho, *, layers: Sequence[str] = DEFAULT_LAYERS) -> Any:
+    """A copy of `params` with Eq. 3 applied to the kernels selected by `layers` (regexes on
+    paths like 'stem/kernel'); every other leaf is returned untouched."""
+    chosen = set(selected_paths(params, layers))
+    flat = traverse_util.flatten_dict(_unfreeze(params))
+    out = {k: smooth_kernel(v, rho) if _path_string(k) in chosen else v for k, v in flat.items()}
+    return traverse_util.unflatten_dict(out)
+
+
+def roughness(kernel) -> jnp.ndarray:
+    """Mean squared difference between horizontally and vertically adjacent weights,
+    relative to the kernel's mean square: 0 for a constant kernel, scale-free."""
+    kernel = jnp.asarray(kernel, jnp.float32)
+    dy = jnp.mean(jnp.square(kernel[1:] - kernel[:-1]))
+    dx = jnp.mean(jnp.square(kernel[:, 1:] - kernel[:, :-1]))
+    return (dx + dy) / (2 * jnp.mean(jnp.square(kernel)) + 1e-12)
