@@ -1,0 +1,198 @@
+"""The real training loop on tiny subsets of the real data: end to end, heuristics,
+resume after SIGKILL, 8 simulated devices, NaN handling, config validation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from hfcjax import config as config_lib, data, sharding, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+TIMING_KEYS = {"train_seconds", "eval_seconds", "images_per_second"}
+
+
+def tiny_config(**overrides):
+    c = config_lib.default()
+    c.dataset, c.model = "fashion_mnist", "mnist_cnn"
+    c.train_subset, c.test_subset, c.eval_train_subset = 600, 200, 200
+    c.batch_size, c.eval_batch_size, c.num_epochs = 40, 200, 2
+    c.learning_rate, c.log_every_steps = 1e-3, 5
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def cli(workdir, *overrides, env=None, **popen):
+    args = [sys.executable, "-m", "hfcjax.main", "--config", str(ROOT / "configs" / "fashion_mnist_cnn.py"),
+            "--workdir", str(workdir), *SUBPROCESS_OVERRIDES, *overrides]
+    return subprocess.Popen(args, cwd=ROOT, env={**SUBPROCESS_ENV, **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+SUBPROCESS_OVERRIDES = ["--config.train_subset=1600", "--config.test_subset=400", "--config.eval_train_subset=400",
+                        "--config.batch_size=40", "--config.eval_batch_size=200", "--config.num_epochs=2",
+                        "--config.learning_rate=0.001", "--config.log_every_steps=5", "--config.batch_norm=True",
+                        "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5"]
+
+
+def records(workdir):
+    with open(Path(workdir) / train.METRICS_FILE) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    proc = cli(workdir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return workdir
+
+
+def test_end_to_end_writes_metrics_events_figures_checkpoints(tmp_path):
+    history = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert [r["epoch"] for r in history] == [1, 2]
+    lines = records(tmp_path)
+    assert len(lines) == 2
+    for key in ("train_acc", "test_acc", "train_low_r4", "test_high_r16", "test_low_r12", "loss"):
+        assert key in lines[-1]
+    assert lines[-1]["test_acc"] > 0.5  # real Fashion-MNIST, chance is 0.1
+    assert lines[-1]["test_low_r16"] > lines[-1]["test_high_r16"]
+    for name in ("curves.png", "split_examples.png"):
+        assert (tmp_path / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    assert any((tmp_path / "events").iterdir())
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [1, 2]
+    # Rerunning the finished command resumes, trains nothing and keeps the metrics.
+    again = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    assert [r["epoch"] for r in again] == [1, 2] and records(tmp_path) == lines
+
+
+def one_step_params(config, tmp_path):
+    trainer = train.Trainer(config, str(tmp_path))
+    images, labels, _ = next(data.batches(trainer.train_images, trainer.train_labels, config.batch_size,
+                                          seed=0, epoch=1))
+    x, y = sharding.global_batch(trainer.batch_sh, images, labels)
+    state, _ = trainer.train_step(trainer.init(), train.zero_accumulator(), x, y)
+    return jax.device_get(state.params), trainer
+
+
+@pytest.mark.parametrize("override", [
+    {"mixup_alpha": 0.5}, {"dropout_rate": 0.5}, {"adversarial.enabled": True},
+    {"train_component": "low"}, {"train_component": "high"}, {"optimizer": "sgd"},
+])
+def test_each_heuristic_changes_the_step(tmp_path, override):
+    base, _ = one_step_params(tiny_config(), tmp_path / "a")
+    changed, _ = one_step_params(tiny_config(**override), tmp_path / "b")
+    repeat, _ = one_step_params(tiny_config(**override), tmp_path / "c")
+    diffs = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(changed))]
+    assert max(diffs) > 1e-6, f"{override} did not change the update"
+    for a, b in zip(jax.tree.leaves(changed), jax.tree.leaves(repeat)):
+        np.testing.assert_array_equal(a, b)  # and it is deterministic
+
+
+def test_shuffled_labels_are_a_fixed_permutation(tmp_path):
+    _, natural = one_step_params(tiny_config(), tmp_path / "a")
+    _, shuffled = one_step_params(tiny_config(shuffle_labels=True), tmp_path / "b")
+    _, again = one_step_params(tiny_config(shuffle_labels=True), tmp_path / "c")
+    assert (natural.train_labels != shuffled.train_labels).mean() > 0.8
+    np.testing.assert_array_equal(np.bincount(natural.train_labels), np.bincount(shuffled.train_labels))
+    np.testing.assert_array_equal(shuffled.train_labels, again.train_labels)
+    np.testing.assert_array_equal(natural.test_labels, shuffled.test_labels)
+
+
+def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path, uninterrupted):
+    proc = cli(tmp_path)
+    killed_at = None
+    for line in proc.stdout:
+        if line.startswith("epoch 2/2 step 15/"):
+            proc.send_signal(signal.SIGKILL)
+            killed_at = line.strip()
+            break
+    proc.wait(timeout=60)
+    assert killed_at, "the run ended before it could be killed in epoch 2"
+    assert len(records(tmp_path)) == 1
+    resumed = cli(tmp_path)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resuming" in out and "after epoch 1" in out
+    assert records(tmp_path) == records(uninterrupted)
+
+
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+
+
+def test_eight_devices_match_one_device_step_by_step(tmp_path):
+    """Same parameters after 3 steps (BatchNorm, dropout, mixup on) and same eval counts."""
+    outputs = []
+    for env in ({}, EIGHT_DEVICES):
+        out = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_steps.py"), str(tmp_path)],
+                             cwd=ROOT / "tests", env={**SUBPROCESS_ENV, **env}, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr
+        outputs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    one, eight = outputs
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    np.testing.assert_allclose(one["loss"], eight["loss"], rtol=1e-5)
+    np.testing.assert_allclose(one["abs"], eight["abs"], rtol=1e-5)
+    np.testing.assert_allclose(one["params"], eight["params"], rtol=1e-3, atol=1e-3)
+    assert one["metrics"] == pytest.approx(eight["metrics"], abs=1 / 200)
+
+
+def test_eight_devices_match_one_device_end_to_end(tmp_path, uninterrupted):
+    """Two whole epochs: float reduction order differs, so compare within a few examples."""
+    proc = cli(tmp_path, env=EIGHT_DEVICES)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    assert "8 device(s)" in out
+    one, eight = records(uninterrupted), records(tmp_path)
+    assert len(one) == len(eight) == 2
+    for a, b in zip(one, eight):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-3)
+        for key in a:
+            if "acc" in key or "_r" in key:
+                assert abs(a[key] - b[key]) <= 0.03, key
+
+
+def test_nan_loss_stops_with_the_step_and_no_checkpoint(tmp_path):
+    config = tiny_config(optimizer="sgd", learning_rate=1e12, num_epochs=1)
+    with pytest.raises(train.TrainingError, match=r"NaN or inf at step \d+ \(epoch 1\).*no checkpoint"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert records(tmp_path) == []
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"optimizer": "lamb"}, "config.optimizer 'lamb' is unknown"),
+    ({"dataset": "svhn"}, "unknown dataset 'svhn'"),
+    ({"model": "resnet19"}, "config.model 'resnet19' is unknown"),
+    ({"batch_size": 0}, "config.batch_size must be a positive integer"),
+    ({"learning_rate": -1.0}, "config.learning_rate must be > 0"),
+    ({"train_component": "mid"}, "config.train_component must be one of"),
+    ({"track_radii": (4.0, -1.0)}, "radii must be >= 0"),
+    ({"train_subset": -5}, "config.train_subset must be an integer >= 0"),
+    ({"batch_size": 100000}, "larger than the training set"),
+])
+def test_bad_config_values_are_rejected(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        train.Trainer(tiny_config(**override), str(tmp_path))
+
+
+def test_cli_bad_value_is_one_clear_line(tmp_path):
+    proc = cli(tmp_path, "--config.optimizer=lamb")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "error: config.optimizer 'lamb' is unknown" in out and "Traceback" not in out
