@@ -37,6 +37,7 @@ class DatasetSpec:
     tfds_name: str
     marker: str  # glob matching the published files
     how_to_get: str
+    class_names: Tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- readers
@@ -113,16 +114,19 @@ DATASETS: Dict[str, DatasetSpec] = {
         "cifar10", "cifar-10-batches-py", (32, 32, 3), 10, _read_cifar10, "cifar10", "*_batch*",
         "Get 'CIFAR-10 python version' (cifar-10-python.tar.gz) from the CIFAR-10 website, unpack it so that "
         "DIR/cifar-10-batches-py/data_batch_1 exists, and set HFCJAX_DATA_DIR=DIR (or pass data_dir).",
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     ),
     "mnist": DatasetSpec(
         "mnist", "mnist", (28, 28, 1), 10, _read_mnist_like, "mnist", "*-ubyte*",
         "Put the four MNIST IDX files (train-images-idx3-ubyte.gz ...) in DIR/mnist/ and set "
         "HFCJAX_DATA_DIR=DIR, or install Debian's dataset-mnist package.",
+        tuple(str(i) for i in range(10)),
     ),
     "fashion_mnist": DatasetSpec(
         "fashion_mnist", "fashion-mnist", (28, 28, 1), 10, _read_mnist_like, "fashion_mnist", "*-ubyte*",
         "Put the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz ...) in DIR/fashion-mnist/ and set "
         "HFCJAX_DATA_DIR=DIR, or `apt-get install dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist).",
+        ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"),
     ),
 }
 

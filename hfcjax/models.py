@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 FIRST_CONV = "stem"
+BN_MOMENTUM = 0.9  # running = BN_MOMENTUM * running + (1 - BN_MOMENTUM) * batch
 xavier = nn.initializers.xavier_uniform()
 
 
@@ -66,7 +67,7 @@ def _norm_fn(batch_norm, dtype, train):
     """BatchNorm factory (scale 1, offset 0 at init), or identity without BatchNorm."""
     if not batch_norm:
         return lambda **kw: (lambda v: v)
-    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
                              epsilon=1e-5, dtype=dtype)
 
 

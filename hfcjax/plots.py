@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -88,6 +89,7 @@ def training_curves(records: Sequence[Dict], path, title: Optional[str] = None) 
             ax.plot(epochs, [r[f"{split}_low_r{radius}"] for r in records], "-", color=c, label=f"LFC r={radius}")
             ax.plot(epochs, [r[f"{split}_high_r{radius}"] for r in records], "--", color=c, label=f"HFC r={radius}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(f"{split} set")
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1.02)
@@ -118,4 +120,43 @@ def kernels(kernel_sets: Dict[str, np.ndarray], path, max_kernels: int = 16) -> 
             axes[b * channels + c, 0].set_ylabel(f"{name}\nch{c}" if c == 0 else f"ch{c}", fontsize=6,
                                                   rotation=0, ha="right", va="center")
     fig.suptitle("First-layer kernels (blue < 0 < red)", fontsize=8)
+    return _save(fig, path)
+
+
+def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, class_names=None) -> str:
+    """Figure 2: images predicted right on the original and on the HFC but wrong on the LFC.
+
+    `rows[i]` holds 'label' and, for 'orig'/'low'/'high', the predicted class and confidence.
+    """
+    n = len(images)
+    if n == 0:
+        raise ValueError("no examples to draw")
+    fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n), squeeze=False)
+    name = (lambda k: class_names[k]) if class_names else str
+    for i in range(n):
+        for j, (key, image) in enumerate((("orig", images[i]), ("low", lows[i]), ("high", highs[i]))):
+            pred, conf = rows[i][key]
+            _show(axes[i, j], image, symmetric=(key == "high"))
+            ok = pred == rows[i]["label"]
+            axes[i, j].set_title(f"{name(pred)} {conf:.2f}", fontsize=7, color="green" if ok else "red")
+        axes[i, 0].set_ylabel(f"true: {name(rows[i]['label'])}", fontsize=7)
+    fig.suptitle(f"original | LFC | HFC (r={radius:g}): prediction and confidence", fontsize=8)
+    return _save(fig, path)
+
+
+def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
+    """Accuracy under FGSM and PGD along eps, one line per rho (Table 2 as a picture)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    colours = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
+    xs = [0.0, *eps]
+    for c, row in zip(colours, rows):
+        for ax, attack in zip(axes, ("fgsm", "pgd")):
+            ax.plot(xs, [row["clean"], *row[attack]], "o-", color=c, label=row["name"], ms=3)
+    for ax, attack in zip(axes, ("FGSM", "PGD")):
+        ax.set_title(attack)
+        ax.set_xlabel("eps (L-inf, pixels in [0, 1])")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _save(fig, path)
