@@ -1,0 +1,159 @@
+"""hfcjax.attacks: closed-form checks on a linear model, a numpy PGD loop, invariants."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hfcjax import attacks, data, models
+
+SHAPE = (6, 4, 4, 2)
+
+
+def linear_model(seed=0, classes=3):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(int(np.prod(SHAPE[1:])), classes)).astype(np.float32)
+    b = rng.normal(size=classes).astype(np.float32)
+    return w, b, lambda x: x.reshape(x.shape[0], -1) @ w + b
+
+
+def numpy_grad(w, b, x, y):
+    """d/dx of the summed softmax cross-entropy of the linear model, in float64."""
+    logits = x.reshape(len(x), -1).astype(np.float64) @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1
+    return (p @ w.T.astype(np.float64)).reshape(x.shape)
+
+
+def inputs(seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 1, SHAPE).astype(np.float32), rng.integers(0, 3, SHAPE[0]).astype(np.int32)
+
+
+def test_fgsm_equals_closed_form_on_linear_model():
+    w, b, f = linear_model()
+    x, y = inputs()
+    for eps in (0.01, 0.1, 0.5):
+        ref = np.clip(x + eps * np.sign(numpy_grad(w, b, x, y)), 0, 1)
+        np.testing.assert_allclose(attacks.fgsm(f, x, y, eps), ref, atol=1e-6)
+
+
+def test_pgd_matches_numpy_loop_on_linear_model():
+    w, b, f = linear_model()
+    x, y = inputs()
+    eps, step, steps = 0.1, 0.03, 7
+    ref = x.astype(np.float64)
+    for _ in range(steps):
+        ref = ref + step * np.sign(numpy_grad(w, b, ref.astype(np.float32), y))
+        ref = np.clip(np.clip(ref, x - eps, x + eps), 0, 1)
+    for unroll in (1, True):
+        np.testing.assert_allclose(attacks.pgd(f, x, y, eps, step_size=step, steps=steps, unroll=unroll), ref,
+                                   atol=1e-5)
+
+
+def test_eps_zero_returns_the_input():
+    _, _, f = linear_model()
+    x, y = inputs()
+    np.testing.assert_array_equal(attacks.fgsm(f, x, y, 0.0), x)
+    np.testing.assert_array_equal(attacks.pgd(f, x, y, 0.0, step_size=0.01, steps=3), x)
+    np.testing.assert_array_equal(attacks.square(f, x, y, 0.0, key=jax.random.key(0), queries=5), x)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.floats(0, 0.3), st.integers(0, 4), st.booleans(), st.integers(0, 1000))
+def test_perturbation_stays_in_the_ball_and_in_unit_range(eps, steps, random_start, seed):
+    _, _, f = linear_model(seed % 7)
+    x, y = inputs(seed)
+    key = jax.random.key(seed)
+    for adv in (attacks.fgsm(f, x, y, eps),
+                attacks.pgd(f, x, y, eps, step_size=eps / 3 + 1e-3, steps=steps, random_start=random_start, key=key),
+                attacks.square(f, x, y, eps, key=key, queries=8)):
+        adv = np.asarray(adv)
+        assert np.all(np.abs(adv - x) <= eps + 1e-6)
+        assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_eps_sweep_compiles_once():
+    _, _, f = linear_model()
+    x, y = inputs()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def sweep(eps):
+        return jax.vmap(lambda e: attacks.pgd(f, x, y, e, step_size=e / 4, steps=3))(eps)
+
+    out = sweep(jnp.array([0.0, 0.05, 0.1]))
+    sweep(jnp.array([0.2, 0.3, 0.4]))
+    np.testing.assert_allclose(out[1], attacks.pgd(f, x, y, 0.05, step_size=0.0125, steps=3), atol=1e-6)
+
+
+def test_restarts_keep_the_worst_case_per_example():
+    _, _, f = linear_model()
+    x, y = inputs()
+    key = jax.random.key(3)
+    best = attacks.pgd(f, x, y, 0.2, step_size=0.02, steps=2, random_start=True, key=key, restarts=4)
+    singles = [attacks.pgd(f, x, y, 0.2, step_size=0.02, steps=2, random_start=True, key=k)
+               for k in jax.random.split(key, 4)]
+    losses = np.stack([attacks.per_example_loss(f, s, y) for s in singles])
+    np.testing.assert_allclose(attacks.per_example_loss(f, best, y), losses.max(0), rtol=1e-6)
+    with pytest.raises(ValueError, match="needs a jax.random key"):
+        attacks.pgd(f, x, y, 0.1, step_size=0.01, steps=1, random_start=True)
+
+
+@pytest.fixture(scope="module")
+def trained_bn_cnn():
+    """A small BatchNorm CNN trained for 60 steps on real Fashion-MNIST."""
+    images, labels = data.load("fashion_mnist", "train")
+    x, y = images[:3000].astype(np.float32) / 255, labels[:3000]
+    model = models.create_model("lenet", 10, batch_norm=True)
+    variables = model.init(jax.random.key(0), x[:1])
+    tx = optax.adam(3e-3)
+    params, stats, opt = variables["params"], variables["batch_stats"], tx.init(variables["params"])
+
+    @jax.jit
+    def step(params, stats, opt, xb, yb):
+        def loss(p):
+            logits, upd = model.apply({"params": p, "batch_stats": stats}, xb, train=True, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean(), upd
+        (_, upd), g = jax.value_and_grad(loss, has_aux=True)(params)
+        u, opt = tx.update(g, opt)
+        return optax.apply_updates(params, u), upd["batch_stats"], opt
+
+    for i in range(60):
+        sl = slice(50 * i, 50 * (i + 1))
+        params, stats, opt = step(params, stats, opt, x[sl], y[sl])
+    test_x, test_y = data.load("fashion_mnist", "test")
+    return model, {"params": params, "batch_stats": stats}, test_x[:200].astype(np.float32) / 255, test_y[:200]
+
+
+def test_pgd_is_never_weaker_than_fgsm_on_a_trained_model(trained_bn_cnn):
+    model, variables, x, y = trained_bn_cnn
+    f = lambda z: model.apply(variables, z)
+    acc = lambda z: float((jnp.argmax(f(z), -1) == y).mean())
+    assert acc(x) > 0.6
+    for eps in (0.02, 0.05, 0.1):
+        fgsm_acc = acc(attacks.fgsm(f, x, y, eps))
+        pgd_acc = acc(attacks.pgd(f, x, y, eps, step_size=eps / 4, steps=10))
+        assert pgd_acc <= fgsm_acc < acc(x)
+
+
+def test_attacks_leave_batch_stats_untouched_and_examples_independent(trained_bn_cnn):
+    model, variables, x, y = trained_bn_cnn
+    before = jax.tree.map(np.array, variables["batch_stats"])
+    f = lambda z: model.apply(variables, z)
+    whole = attacks.pgd(f, x[:40], y[:40], 0.05, step_size=0.01, steps=5)
+    halves = [attacks.pgd(f, x[s], y[s], 0.05, step_size=0.01, steps=5) for s in (slice(0, 20), slice(20, 40))]
+    np.testing.assert_allclose(whole, np.concatenate(halves), atol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, variables["batch_stats"]))
+
+
+def test_square_attack_lowers_accuracy_without_gradients(trained_bn_cnn):
+    model, variables, x, y = trained_bn_cnn
+    f = lambda z: model.apply(variables, z)
+    acc = lambda z: float((jnp.argmax(f(z), -1) == y).mean())
+    adv = attacks.square(f, x, y, 0.1, key=jax.random.key(0), queries=100)
+    assert acc(adv) < acc(x) - 0.1
