@@ -1,0 +1,109 @@
+"""hfcjax.evaluate on a real (tiny) training run: files, structure, restore, errors."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hfcjax import data, evaluate, smoothing, train
+from test_train import ROOT, SUBPROCESS_ENV, tiny_config
+
+FAST = dict(rhos=(0.0, 1.0), eps=(0.05, 0.1), num_examples=40, batch_size=20, pgd_steps=3, strong_restarts=2,
+            square_queries=10, recalibrate_examples=200)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    train.train_and_evaluate(tiny_config(num_epochs=1, batch_norm=True), str(workdir))
+    return workdir
+
+
+def test_table2_grid_and_reports_are_written(run_dir):
+    result = evaluate.evaluate(run_dir, **FAST)
+    out = run_dir / "eval"
+    names = [r["name"] for r in result["rows"]]
+    assert names == ["rho=0", "rho=1", "rho=0 (BN re-estimated)", "rho=1 (BN re-estimated)"]
+    for row in result["rows"]:
+        assert len(row["fgsm"]) == len(row["pgd"]) == 2
+        assert 0 <= row["worst_case"] <= min(row["pgd"][-1], row["pgd_strong"], row["square"], row["fgsm"][-1])
+        assert all(0 <= v <= 1 for v in [row["clean"], *row["fgsm"], *row["pgd"]])
+    assert result["rows"][1]["roughness"] < result["rows"][0]["roughness"]
+    saved = json.loads((out / "robustness.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    with open(out / "robustness.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 4 and "pgd_0.1" in table[0] and "worst_case" in table[0]
+    md = (out / "robustness.md").read_text().splitlines()
+    assert md[0].startswith("| model | clean | FGSM 0.05") and len(md) == 6
+    for png in ("kernels.png", "robustness.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    freq = saved["frequency"]
+    assert set(freq["accuracy"]) >= {"orig", "low_r4", "high_r16", "dominant_k8", "trailing_k16"}
+    assert freq["accuracy"]["orig"] == pytest.approx(result["rows"][0]["clean"])
+    assert "Figure-2 count" in (out / "frequency.md").read_text()
+
+
+def test_clean_accuracy_matches_the_restored_model_directly(run_dir):
+    config, model, variables, _ = evaluate.restore(run_dir)
+    x, y = data.load("fashion_mnist", "test")
+    logits = model.apply(variables, x[:40].astype(np.float32) / 255)
+    direct = float((np.argmax(logits, -1) == y[:40]).mean())
+    result = evaluate.evaluate(run_dir, **{**FAST, "rhos": (0.0,), "recalibrate_bn": False})
+    assert result["rows"][0]["clean"] == pytest.approx(direct)
+
+
+def test_evaluation_needs_no_optimizer_state(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    for step in (copy / "checkpoints").iterdir():
+        if (step / "train").is_dir():
+            shutil.rmtree(step / "train")
+    result = evaluate.evaluate(copy, **{**FAST, "rhos": (0.5,), "recalibrate_bn": False})
+    assert len(result["rows"]) == 1
+
+
+def test_rho_grid_compiles_once(run_dir):
+    config, model, variables, _ = evaluate.restore(run_dir)
+    f = jax.jit(evaluate.make_attack_counts(model, pgd_steps=2, pgd_step_fraction=0.25, strong_restarts=1,
+                                            square_queries=2))
+    x, y = data.load("fashion_mnist", "test")
+    for rho in (0.0, 0.1, 1.0):
+        current = {**variables, "params": smoothing.smooth_params(variables["params"], rho)}
+        f(current, x[:8], y[:8], np.ones(8, np.float32), jnp.array([0.03, 0.06]), jax.random.PRNGKey(0))
+    assert f._cache_size() == 1
+
+
+def test_batch_norm_reestimation_is_the_mean_of_batch_statistics(run_dir):
+    config, model, variables, _ = evaluate.restore(run_dir)
+    x, _ = data.load("fashion_mnist", "train")
+    images = x[:400]
+    recal = evaluate.recalibrate_batch_stats(model, variables, images, batch_size=200)
+    kernel = variables["params"]["stem"]["kernel"]
+    means, variances = [], []
+    for half in (images[:200], images[200:]):
+        conv = jax.lax.conv_general_dilated(half.astype(np.float32) / 255, kernel, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        means.append(np.asarray(conv).mean((0, 1, 2)))
+        variances.append(np.asarray(conv).var((0, 1, 2)))
+    np.testing.assert_allclose(recal["batch_stats"]["stem_bn"]["mean"], np.mean(means, 0), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(recal["batch_stats"]["stem_bn"]["var"], np.mean(variances, 0), rtol=1e-3, atol=1e-5)
+
+
+def test_clear_errors(run_dir, tmp_path):
+    with pytest.raises(evaluate.EvaluationError, match="no checkpoints in .*train first"):
+        evaluate.evaluate(tmp_path, **FAST)
+    with pytest.raises(evaluate.EvaluationError, match="eps values must lie in"):
+        evaluate.evaluate(run_dir, **{**FAST, "eps": (0.1, 1.5)})
+    with pytest.raises(evaluate.EvaluationError, match="no convolution kernel matches"):
+        evaluate.evaluate(run_dir, **{**FAST, "layers": ("^nothing$",)})
+    proc = subprocess.run([sys.executable, "-m", "hfcjax.evaluate", "--workdir", str(run_dir), "--eps", "0.1,2"],
+                          cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "eps values must lie in [0.0, 1.0]" in proc.stderr
+    assert "Traceback" not in proc.stderr
