@@ -37,11 +37,12 @@ RADII = [0, 1, 4, 7.5, 8, 12, 16, 40]
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("inclusive", [True, False])
-def test_split_matches_numpy_reference(shape, inclusive):
+@pytest.mark.parametrize("method", frequency.SPLIT_METHODS)
+def test_split_matches_numpy_reference(shape, inclusive, method):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, shape).astype(np.float32)
     for radius in RADII:
-        low, high = frequency.split(images, radius, inclusive=inclusive)
+        low, high = frequency.split(images, radius, inclusive=inclusive, method=method)
         ref_low, ref_high, _ = reference_split(images, radius, inclusive)
         np.testing.assert_allclose(low, ref_low, atol=2e-5)
         np.testing.assert_allclose(high, ref_high, atol=2e-5)
@@ -83,6 +84,8 @@ def test_traced_radius_compiles_once_for_all_radii():
     for radius in (2.0, 4.0, 8.0, 16.0):
         low, _ = split_at(jnp.float32(radius))
         np.testing.assert_allclose(low, frequency.split(images, radius)[0], atol=1e-6)
+    traced_matmul = jax.jit(lambda r: frequency.split(images, r, method="matmul"))
+    np.testing.assert_allclose(traced_matmul(jnp.float32(8.0))[0], frequency.split(images, 8.0)[0], atol=2e-5)
     lows, highs = jax.vmap(lambda r: frequency.split(images, r))(jnp.array([4.0, 8.0]))
     assert lows.shape == (2, 2, 32, 32, 3)
     np.testing.assert_allclose(lows[1], frequency.split(images, 8)[0], atol=1e-6)

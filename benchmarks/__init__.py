@@ -1,0 +1,1 @@
+"""Speed of hfcjax against baselines measured in the same run (python -m benchmarks)."""

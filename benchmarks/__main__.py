@@ -1,0 +1,65 @@
+"""python -m benchmarks [--only split,train,attacks] [--out docs/benchmarks.md]
+
+Runs every benchmark, prints one table of measurements and ratios against baselines
+measured in the same run, and writes it (with the machine) to the output Markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import tempfile
+from pathlib import Path
+
+from benchmarks import common
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", default="split,train,attacks")
+    parser.add_argument("--out", default="docs/benchmarks.md")
+    args = parser.parse_args()
+    wanted = args.only.split(",")
+    rows = []
+    if "split" in wanted:
+        from benchmarks import bench_split
+
+        rows += bench_split.run()
+        print_rows(rows[-3:])
+    if "attacks" in wanted:
+        from benchmarks import bench_attacks
+
+        rows += bench_attacks.run()
+        print_rows(rows[-8:])
+    if "train" in wanted:
+        from benchmarks import bench_train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rows += bench_train.run(tmp)
+        print_rows(rows[-8:])
+    table = render(rows)
+    print("\n" + table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(table + "\n")
+    os.replace(tmp, out)
+    print(f"written to {out}")
+
+
+def print_rows(rows):
+    for name, value, unit, ratio, note in rows:
+        print(f"{name}: {value:,.1f} {unit}; ratio {ratio:.2f} ({note})", flush=True)
+
+
+def render(rows) -> str:
+    lines = [f"Machine: {common.machine()}", f"Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+             "", "| measurement | value | unit | ratio | ratio means |", "|---|---|---|---|---|"]
+    for name, value, unit, ratio, note in rows:
+        lines.append(f"| {name} | {value:,.1f} | {unit} | {ratio:.2f} | {note} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

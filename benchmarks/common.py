@@ -1,0 +1,56 @@
+"""Timing helpers, machine description and the real images every benchmark uses."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import jax
+import numpy as np
+
+
+def best_time(fn, reps: int = 5, warmup: int = 1) -> float:
+    """Best wall time of `fn()` over `reps` runs after `warmup` runs; `fn` must block."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def machine() -> str:
+    device = jax.devices()[0]
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on {device.platform} ({device.device_kind})"
+    try:
+        import torch
+
+        text += f"; torch {torch.__version__}"
+        if torch.cuda.is_available():
+            text += f" ({torch.cuda.get_device_name()})"
+    except ImportError:
+        pass
+    return text
+
+
+def cifar_images(n: int) -> np.ndarray:
+    """`n` real CIFAR-10 images (train then test split of $HFCJAX_DATA_DIR, repeated if needed)."""
+    from hfcjax import data
+
+    train, _ = data.load("cifar10", "train")
+    test, _ = data.load("cifar10", "test")
+    pool = np.concatenate([train, test])
+    return np.resize(pool, (n, *pool.shape[1:]))
+
+
+def on_gpu() -> bool:
+    return jax.devices()[0].platform == "gpu"

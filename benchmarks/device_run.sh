@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One prepared GPU session (the device tool's machine has jax[cuda], flax, optax, orbax, torch but
+# no internet): install carried wheels, run the benchmark table, train the paper's CIFAR-10
+# ResNet-18 (100 epochs) on the CIFAR-10 subset, evaluate it, run the numeric tests.
+# Expects: .whl/ (ml_collections, tensorboardX, torchattacks wheels) and .data/ (a copy of
+# ../shared/data/cifar-10-batches-py) carried; writes results under $OUT.
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HFCJAX_DATA_DIR=$PWD/.data
+OUT=${OUT:-/tmp/out}
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__)" | tee -a "$OUT/gpu.txt"
+
+t0=$(date +%s)
+timeout "${BENCH_TIMEOUT:-240}" python3 -m benchmarks --out "$OUT/benchmarks_gpu.md" 2>&1 | grep -v "^W0000\|^I0000" | tee "$OUT/bench.log"
+echo "benchmarks: $(( $(date +%s) - t0 ))s"
+
+t0=$(date +%s)
+timeout "${TRAIN_TIMEOUT:-200}" python3 -m hfcjax.main --config configs/cifar_resnet18.py --workdir /tmp/cifar \
+  --config.eval_batch_size=1000 --config.log_every_steps=1000 2>&1 | tail -n 25 | tee "$OUT/train.log"
+echo "train: $(( $(date +%s) - t0 ))s"
+t0=$(date +%s)
+timeout "${EVAL_TIMEOUT:-120}" python3 -m hfcjax.evaluate --workdir /tmp/cifar --batch_size 1017 2>&1 | tail -n 40 | tee "$OUT/evaluate.log"
+echo "evaluate: $(( $(date +%s) - t0 ))s"
+tar czf "$OUT/cifar_resnet18_run.tgz" -C /tmp/cifar metrics.jsonl figures eval 2>/dev/null
+
+timeout "${TEST_TIMEOUT:-90}" python3 -m pytest -q -x -p no:cacheprovider tests/test_frequency.py tests/test_smoothing.py 2>&1 | tail -n 5 | tee "$OUT/tests.log"
