@@ -98,7 +98,7 @@ def recalibrate_batch_stats(model, variables, images_u8: np.ndarray, batch_size:
 
 
 def make_attack_counts(model, *, pgd_steps: int, pgd_step_fraction: float, strong_restarts: int,
-                       square_queries: int, unroll: int | bool = 1):
+                       square_queries: int, unroll: int | bool = 10):
     """Jitted (variables, images_u8, labels, mask, eps[E], key) -> correct counts:
     clean, FGSM[E], PGD[E], strong PGD at max eps, Square at max eps."""
 
@@ -340,8 +340,9 @@ def frequency_report(model, variables, images, labels, config, svd_ranks, batch_
              "| trailing accuracy | " + " | ".join(f"{accuracy[f'trailing_k{k}']:.3f}" for k in ranks) + " |",
              "| count (right on x and trailing, wrong on dominant) | " + " | ".join(str(v) for v in svd_story.values())
              + " |", "", f"clean accuracy {accuracy['orig']:.3f} on {len(labels)} test images"]
-    # Figure 2 at r = 12 when tracked (the paper's choice), else the middle radius.
-    ri = radii.index(12.0) if 12.0 in radii else len(radii) // 2
+    # Figure 2 at r = 12 (the paper's choice) when it has examples, else at the radius with most.
+    counts = list(story.values())
+    ri = radii.index(12.0) if 12.0 in radii and counts[radii.index(12.0)] else int(np.argmax(counts))
     idx = np.nonzero(orig & correct[1 + R + ri] & ~correct[1 + ri])[0][:8]
     story_arrays = None
     if len(idx):

@@ -160,3 +160,34 @@ def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
     axes[0].set_ylabel("accuracy")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _save(fig, path)
+
+
+def compare_runs(histories: Dict[str, Sequence[Dict]], path, split: str = "train", title: Optional[str] = None) -> str:
+    """Figures 3-6: one panel per run with the `split` accuracy of x (black), of its LFC (solid)
+    and HFC (dashed) at every tracked radius, along epochs; shared y axis."""
+    names = list(histories)
+    cols = min(len(names), 4)
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), sharey=True, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        records = histories[name]
+        epochs = [r["epoch"] for r in records]
+        radii = sorted({k.split("_r")[1] for k in records[0] if k.startswith(f"{split}_low_r")}, key=float)
+        colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
+        ax.plot(epochs, [r[f"{split}_acc"] for r in records], "k-", lw=2, label=f"{split} x")
+        for c, radius in zip(colours, radii):
+            ax.plot(epochs, [r[f"{split}_low_r{radius}"] for r in records], "-", color=c, label=f"LFC r={radius}")
+            ax.plot(epochs, [r[f"{split}_high_r{radius}"] for r in records], "--", color=c, label=f"HFC r={radius}")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch", fontsize=8)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("accuracy")
+    axes.flat[len(names) - 1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
