@@ -1,4 +1,4 @@
-"""python -m benchmarks [--only split,train,attacks] [--out docs/benchmarks.md]
+"""python -m benchmarks [--only split,train,attacks] [--out docs/benchmarks_<cpu|gpu>.md]
 
 Runs every benchmark, prints one table of measurements and ratios against baselines
 measured in the same run, and writes it (with the machine) to the output Markdown file.
@@ -18,7 +18,7 @@ from benchmarks import common
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", default="split,train,attacks")
-    parser.add_argument("--out", default="docs/benchmarks.md")
+    parser.add_argument("--out", default=None, help="default: docs/benchmarks_<platform>.md")
     args = parser.parse_args()
     wanted = args.only.split(",")
     rows = []
@@ -40,7 +40,7 @@ def main():
         print_rows(rows[-8:])
     table = render(rows)
     print("\n" + table)
-    out = Path(args.out)
+    out = Path(args.out or f"docs/benchmarks_{'gpu' if common.on_gpu() else 'cpu'}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(table + "\n")
