@@ -39,6 +39,9 @@ case "$cmd" in
     WORKDIR="${WORKDIR:-runs/fashion_mnist_cnn}"
     echo "hfcjax: training the MNIST CNN on Fashion-MNIST (data: ${HFCJAX_DATA_DIR:-tfds}) into $WORKDIR"
     "$VENV/bin/python" -m hfcjax.main --config configs/fashion_mnist_cnn.py --workdir "$WORKDIR" "$@"
+    if "$VENV/bin/python" -c "from hfcjax import data; data.load('cifar10', 'test', source='files')" 2>/dev/null; then
+      "$VENV/bin/python" -m hfcjax.plots --dataset cifar10 --out "$WORKDIR/figures/cifar10_split_examples.png"
+    fi
     echo "hfcjax: metrics in $WORKDIR/metrics.jsonl, figures in $WORKDIR/figures/, checkpoints in $WORKDIR/checkpoints/"
     echo "hfcjax: evaluate with: $VENV/bin/python -m hfcjax.evaluate --workdir $WORKDIR"
     ;;

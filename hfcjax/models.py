@@ -71,40 +71,42 @@ def _norm_fn(batch_norm, dtype, train):
                              epsilon=1e-5, dtype=dtype)
 
 
-class _BasicBlock(nn.Module):
+class _Residual(nn.Module):
+    """Fields and the projection shortcut shared by the residual blocks."""
+
     features: int
     strides: int
     batch_norm: bool
     dtype: Any
 
-    @nn.compact
-    def __call__(self, x, train):
-        conv, norm = _conv_fn(self.batch_norm, self.dtype), _norm_fn(self.batch_norm, self.dtype, train)
-        y = conv(self.features, (3, 3), (self.strides, self.strides))(x)
-        y = nn.relu(norm()(y))
-        y = norm()(conv(self.features, (3, 3))(y))
+    def layers(self, train):
+        return _conv_fn(self.batch_norm, self.dtype), _norm_fn(self.batch_norm, self.dtype, train)
+
+    def add_shortcut(self, x, y, conv, norm):
+        """relu(x + y), projecting x with a 1x1 conv (and BatchNorm) when the shapes differ."""
         if x.shape != y.shape:
-            x = conv(self.features, (1, 1), (self.strides, self.strides), name="shortcut")(x)
+            x = conv(y.shape[-1], (1, 1), (self.strides, self.strides), name="shortcut")(x)
             x = norm(name="shortcut_bn")(x)
         return nn.relu(x + y)
 
 
-class _Bottleneck(nn.Module):
-    features: int
-    strides: int
-    batch_norm: bool
-    dtype: Any
-
+class _BasicBlock(_Residual):
     @nn.compact
     def __call__(self, x, train):
-        conv, norm = _conv_fn(self.batch_norm, self.dtype), _norm_fn(self.batch_norm, self.dtype, train)
+        conv, norm = self.layers(train)
+        y = nn.relu(norm()(conv(self.features, (3, 3), (self.strides, self.strides))(x)))
+        y = norm()(conv(self.features, (3, 3))(y))
+        return self.add_shortcut(x, y, conv, norm)
+
+
+class _Bottleneck(_Residual):
+    @nn.compact
+    def __call__(self, x, train):
+        conv, norm = self.layers(train)
         y = nn.relu(norm()(conv(self.features, (1, 1))(x)))
         y = nn.relu(norm()(conv(self.features, (3, 3), (self.strides, self.strides))(y)))
         y = norm()(conv(self.features * 4, (1, 1))(y))
-        if x.shape != y.shape:
-            x = conv(self.features * 4, (1, 1), (self.strides, self.strides), name="shortcut")(x)
-            x = norm(name="shortcut_bn")(x)
-        return nn.relu(x + y)
+        return self.add_shortcut(x, y, conv, norm)
 
 
 class ResNet(_Base):
@@ -133,15 +135,10 @@ class ResNet(_Base):
         return self.classifier(jnp.mean(x, axis=(1, 2)), (), train, dropout_input=True)
 
 
-class _PreActBlock(nn.Module):
-    features: int
-    strides: int
-    batch_norm: bool
-    dtype: Any
-
+class _PreActBlock(_Residual):
     @nn.compact
     def __call__(self, x, train):
-        conv, norm = _conv_fn(self.batch_norm, self.dtype), _norm_fn(self.batch_norm, self.dtype, train)
+        conv, norm = self.layers(train)
         y = nn.relu(norm()(x))
         shortcut = x
         if x.shape[-1] != self.features or self.strides != 1:

@@ -191,3 +191,27 @@ def compare_runs(histories: Dict[str, Sequence[Dict]], path, split: str = "train
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def main(argv=None):
+    """python -m hfcjax.plots --dataset cifar10 --radii 4,8,12,16 --out split.png [--count 4]:
+    the Figure-2-style split of the first test images of a dataset."""
+    import argparse
+
+    from hfcjax import data
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--radii", default="4,8,12,16")
+    parser.add_argument("--count", type=int, default=4)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    images, labels = data.load(args.dataset, "test")
+    radii = [float(r) for r in args.radii.split(",")]
+    path = split_examples(images[: args.count], radii, args.out, labels=labels[: args.count],
+                          class_names=data.get_spec(args.dataset).class_names)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

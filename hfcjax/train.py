@@ -54,15 +54,18 @@ def _positive_int(config, key):
         raise ValueError(f"config.{key} must be a positive integer, got {value!r}.")
 
 
+def _one_of(config, key, allowed) -> None:
+    if config[key] not in allowed:
+        raise ValueError(f"config.{key} {config[key]!r} is unknown; choose one of {tuple(sorted(allowed))}.")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the first bad key and what is allowed."""
     data.get_spec(config.dataset)
-    if config.data_source not in data.SOURCES:
-        raise ValueError(f"config.data_source must be one of {data.SOURCES}, got {config.data_source!r}.")
-    if config.model not in models.MODELS:
-        raise ValueError(f"config.model {config.model!r} is unknown; choose one of {sorted(models.MODELS)}.")
-    if config.optimizer not in config_lib.OPTIMIZERS:
-        raise ValueError(f"config.optimizer {config.optimizer!r} is unknown; choose one of {config_lib.OPTIMIZERS}.")
+    for key, allowed in (("data_source", data.SOURCES), ("model", models.MODELS),
+                         ("optimizer", config_lib.OPTIMIZERS), ("train_component", config_lib.COMPONENTS),
+                         ("train_rescale", frequency.RESCALE_MODES), ("compute_dtype", config_lib.DTYPES)):
+        _one_of(config, key, allowed)
     for key in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
         _positive_int(config, key)
     for key in ("train_subset", "test_subset", "eval_train_subset"):
@@ -74,12 +77,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.dropout_rate must be in [0, 1), got {config.dropout_rate!r}.")
     if config.mixup_alpha < 0:
         raise ValueError(f"config.mixup_alpha must be >= 0 (0 = off), got {config.mixup_alpha!r}.")
-    if config.train_component not in config_lib.COMPONENTS:
-        raise ValueError(f"config.train_component must be one of {config_lib.COMPONENTS}, got {config.train_component!r}.")
-    if config.train_rescale not in frequency.RESCALE_MODES:
-        raise ValueError(f"config.train_rescale must be one of {frequency.RESCALE_MODES}, got {config.train_rescale!r}.")
-    if config.compute_dtype not in config_lib.DTYPES:
-        raise ValueError(f"config.compute_dtype must be one of {config_lib.DTYPES}, got {config.compute_dtype!r}.")
     radii = [config.train_radius, *config.track_radii]
     if any(not r >= 0 for r in radii):
         raise ValueError(f"radii must be >= 0: train_radius={config.train_radius}, track_radii={config.track_radii}.")

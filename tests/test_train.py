@@ -181,7 +181,7 @@ def test_nan_loss_stops_with_the_step_and_no_checkpoint(tmp_path):
     ({"model": "resnet19"}, "config.model 'resnet19' is unknown"),
     ({"batch_size": 0}, "config.batch_size must be a positive integer"),
     ({"learning_rate": -1.0}, "config.learning_rate must be > 0"),
-    ({"train_component": "mid"}, "config.train_component must be one of"),
+    ({"train_component": "mid"}, "config.train_component 'mid' is unknown; choose one of"),
     ({"track_radii": (4.0, -1.0)}, "radii must be >= 0"),
     ({"train_subset": -5}, "config.train_subset must be an integer >= 0"),
     ({"batch_size": 100000}, "larger than the training set"),
