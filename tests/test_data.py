@@ -113,3 +113,18 @@ def test_batches_are_seeded_per_epoch_and_resumable():
         next(data.batches(images, labels, 0))
     with pytest.raises(ValueError, match="larger than the split"):
         data.subset(images, labels, 24)
+
+
+def test_wrong_image_shapes_are_a_clear_error(tmp_path, data_dir):
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(data_dir / "cifar-10-batches-py", folder)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((5, 1000), np.uint8), b"labels": [0] * 5}, f, protocol=2)
+    with pytest.raises(data.DataError, match=r"shape \(5, 1000\).*expected \[N, 3072\]"):
+        data.load("cifar10", "test", data_dir=str(tmp_path))
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((5, 3072), np.uint8), b"labels": [0, 1, 2, 3, 12]}, f, protocol=2)
+    with pytest.raises(data.DataError, match=r"labels outside \[0, 10\)"):
+        data.load("cifar10", "test", data_dir=str(tmp_path))
