@@ -87,7 +87,7 @@ def final_row(name: str, history: Sequence[Dict], radii) -> Dict:
     for r in radii:
         row[f"test LFC r={r:g}"] = last[f"test_low_r{r:g}"]
         row[f"test HFC r={r:g}"] = last[f"test_high_r{r:g}"]
-    row["train seconds"] = round(sum(h["train_seconds"] + h["eval_seconds"] for h in history), 1)
+    row["seconds (train+eval)"] = round(sum(h["train_seconds"] + h["eval_seconds"] for h in history), 1)
     return row
 
 
