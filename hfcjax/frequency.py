@@ -101,52 +101,44 @@ def _low_pass_rfft(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarray:
     return jnp.fft.irfft2(spectrum, s=(height, width), axes=(-3, -2)).astype(images.dtype)
 
 
-def _dft_basis(freqs: np.ndarray, n: int):
-    """cos and sin of the DFT basis [n, K] for the given signed frequencies."""
-    angle = 2 * np.pi * np.outer(np.arange(n), freqs) / n
-    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
-
-
 def _band(freqs: np.ndarray, radius) -> np.ndarray:
     """The frequencies a concrete radius can keep (all of them for a traced radius)."""
     return freqs if is_traced(radius) else freqs[np.abs(freqs) <= float(np.floor(radius))]
 
 
-def _low_pass_matmul(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarray:
-    """The same low-pass as four large real matrix multiplies over the kept band only.
+def _real_basis(n: int, radius):
+    """Non-negative frequencies a kept along one axis, their cos|sin basis [n, 2K] and the
+    weight of each frequency in the real projection (1 for 0 and Nyquist, else 2)."""
+    a = _band(np.arange(n // 2 + 1), radius)
+    angle = 2 * np.pi * np.outer(np.arange(n), a) / n
+    weight = np.where((a == 0) | (2 * a == n), 1.0, 2.0)
+    return a, np.concatenate([np.cos(angle), np.sin(angle)], 1).astype(np.float32), weight
 
-    Along W only the non-negative frequencies are needed (the input is real and the mask
-    symmetric, so the negative ones are complex conjugates: weight 2 in the final real part).
-    Every stage is one 2-D GEMM over all images and channels, the fast path on CPUs at small
-    radii and on TPUs, where FFTs are slow.
+
+def _low_pass_matmul(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarray:
+    """The same low-pass as four real 2-D GEMMs over the kept band only.
+
+    The mask depends on fy^2 + fx^2, so the low-pass is the real projection onto the cos/sin
+    products of the kept non-negative frequencies (a, b):
+    ``low = By (G * (By^T x Bx)) Bx^T`` with ``B = [cos | sin]`` and ``G`` the quarter-disk mask
+    times the weights / (H W). No complex arithmetic; every stage is one GEMM over all images
+    and channels (the fast path on CPUs at small radii and on TPUs, where FFTs are slow).
     """
-    n_lead = images.shape[:-3]
+    lead = images.shape[:-3]
     height, width, channels = images.shape[-3:]
-    fy = _band(_signed_frequencies(height), radius)
-    fx = _band(np.arange(width // 2 + 1), radius)  # non-negative frequencies along W
-    cy, sy = _dft_basis(fy, height)
-    cx, sx = _dft_basis(fx, width)
-    weight = np.where((fx == 0) | (2 * fx == width), 1.0, 2.0).astype(np.float32)
-    keep = _inside(np.sqrt(fx[:, None] ** 2 + fy[None, :] ** 2), radius, inclusive).astype(images.dtype)
-    kx, ky = len(fx), len(fy)
+    ay, by, wy = _real_basis(height, radius)
+    ax, bx, wx = _real_basis(width, radius)
+    keep = _inside(np.sqrt(ay[:, None] ** 2 + ax[None, :] ** 2), radius, inclusive).astype(images.dtype)
+    gain = jnp.tile(keep * jnp.asarray((wy[:, None] * wx[None, :] / (height * width)).astype(np.float32)), (2, 2)).T
+    kx, ky = bx.shape[1], by.shape[1]
     mm = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
     x = jnp.moveaxis(images.reshape(-1, height, width, channels), -1, 1)  # [B, C, H, W]
     b = x.shape[0] * channels
-    # 1. DFT along W: [B*C*H, W] @ [W, 2Kx] -> (re, im)
-    a = mm(x.reshape(b * height, width), jnp.asarray(np.concatenate([cx, -sx], 1)))
-    a = a.reshape(b, height, 2 * kx).transpose(0, 2, 1).reshape(b * 2 * kx, height)
-    # 2. DFT along H: [B*C*2Kx, H] @ [H, 2Ky] -> products with cos and sin, combined below
-    p = mm(a, jnp.asarray(np.concatenate([cy, sy], 1))).reshape(b, 2, kx, 2, ky)
-    re = (p[:, 0, :, 0] + p[:, 1, :, 1]) * keep
-    im = (p[:, 1, :, 0] - p[:, 0, :, 1]) * keep
-    # 3. Inverse along H: [B*C*Kx, 2Ky] @ [2Ky, 2H] -> (re, im) of each column
-    inv_h = np.block([[cy.T, sy.T], [-sy.T, cy.T]]) / height
-    d = mm(jnp.concatenate([re, im], -1).reshape(b * kx, 2 * ky), jnp.asarray(inv_h))
-    d = d.reshape(b, kx, 2, height).transpose(0, 3, 2, 1).reshape(b * height, 2 * kx)
-    # 4. Inverse along W, real part: [B*C*H, 2Kx] @ [2Kx, W]
-    inv_w = np.concatenate([cx.T * weight[:, None], -sx.T * weight[:, None]], 0) / width
-    low = mm(d, jnp.asarray(inv_w)).reshape(-1, channels, height, width)
-    return jnp.moveaxis(low, 1, -1).reshape(*n_lead, height, width, channels)
+    t = mm(x.reshape(b * height, width), jnp.asarray(bx)).reshape(b, height, kx).transpose(0, 2, 1)
+    y = mm(t.reshape(b * kx, height), jnp.asarray(by)).reshape(b, kx, ky) * gain  # coefficients
+    t = mm(y.reshape(b * kx, ky), jnp.asarray(by.T)).reshape(b, kx, height).transpose(0, 2, 1)
+    low = mm(t.reshape(b * height, kx), jnp.asarray(bx.T)).reshape(-1, channels, height, width)
+    return jnp.moveaxis(low, 1, -1).reshape(*lead, height, width, channels)
 
 
 SPLIT_METHODS = ("fft", "matmul")
