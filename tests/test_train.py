@@ -196,3 +196,11 @@ def test_cli_bad_value_is_one_clear_line(tmp_path):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "error: config.optimizer 'lamb' is unknown" in out and "Traceback" not in out
+
+
+def test_no_recompiles_across_steps_and_epochs(tmp_path):
+    trainer = train.Trainer(tiny_config(num_epochs=2, train_subset=200, test_subset=120, eval_train_subset=120,
+                                        eval_batch_size=80), str(tmp_path))
+    trainer.run()  # 2 epochs x 5 steps, evaluation with a padded last batch
+    assert trainer.train_step._cache_size() == 1
+    assert trainer.eval_step._cache_size() == 1
