@@ -1,8 +1,8 @@
 """Accuracy measurements shared by training (per-epoch tracking) and evaluation.
 
 `variant_counts` scores the original images and their LFC and HFC at every radius in
-one compiled pass; `svd_counts` does the same for Section 8's SVD split. Both take
-uint8 batches and a 0/1 mask for padded rows, and return correct counts per variant.
+one compiled pass, from uint8 batches and a 0/1 mask for padded rows; `variant_names` and
+`svd_names` name the variants (evaluation adds Section 8's SVD split).
 """
 
 from __future__ import annotations
@@ -24,28 +24,17 @@ def variant_names(radii: Sequence[float]):
     return ["orig"] + [f"low_r{r:g}" for r in radii] + [f"high_r{r:g}" for r in radii]
 
 
-def _count_correct(logits_fn, variants, labels, mask):
-    def correct(v):
-        return jnp.sum((jnp.argmax(logits_fn(v), -1) == labels) * mask)
-
-    return jax.lax.map(correct, variants)
-
-
 def variant_counts(logits_fn, images_u8, labels, mask, radii, *, inclusive: bool = True):
     """Correct counts ``[1 + 2R]``: original, LFC at each radius, HFC at each radius.
     `radii` is an array, so new radii never recompile."""
     x = to_unit(images_u8)
     low, high = jax.vmap(lambda r: frequency.split(x, r, inclusive=inclusive))(radii)
-    return _count_correct(logits_fn, jnp.concatenate([x[None], low, high]), labels, mask)
+
+    def correct(v):
+        return jnp.sum((jnp.argmax(logits_fn(v), -1) == labels) * mask)
+
+    return jax.lax.map(correct, jnp.concatenate([x[None], low, high]))
 
 
 def svd_names(ranks: Sequence[int]):
     return [f"dominant_k{k}" for k in ranks] + [f"trailing_k{k}" for k in ranks]
-
-
-def svd_counts(logits_fn, images_u8, labels, mask, ranks: Sequence[int]):
-    """Correct counts ``[2K]`` on the dominant then the trailing SVD parts at each rank."""
-    x = to_unit(images_u8)
-    parts = [frequency.svd_split(x, k) for k in ranks]
-    variants = jnp.stack([p[0] for p in parts] + [p[1] for p in parts])
-    return _count_correct(logits_fn, variants, labels, mask)
