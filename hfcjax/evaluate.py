@@ -62,8 +62,7 @@ def restore(workdir, step: str = "latest"):
     config = ml_collections.ConfigDict(manager.restore(chosen, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))["config"])
     spec = data.get_spec(config.dataset)
-    model = models.create_model(config.model, spec.num_classes, batch_norm=config.batch_norm,
-                                dropout_rate=config.dropout_rate, dtype=config.compute_dtype)
+    model = models.from_config(config, spec.num_classes)
     abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *spec.shape)), train=False))
     target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
     restored = manager.restore(chosen, args=ocp.args.Composite(model=ocp.args.StandardRestore(target)))["model"]
@@ -74,9 +73,9 @@ def restore(workdir, step: str = "latest"):
     return config, model, variables, chosen
 
 
-def recalibrate_batch_stats(model, variables, images_u8: np.ndarray, batch_size: int = 200):
-    """Re-estimates BatchNorm statistics on `images_u8` for (e.g. smoothed) parameters:
-    the mean over batches of each batch's mean and variance, as used in training mode."""
+def make_batch_stats_fn(model):
+    """Jitted (params, batch_stats, images_u8) -> this batch's BatchNorm means and variances."""
+
     @jax.jit
     def batch_stats_of(params, stats, x):
         zeros = jax.tree.map(jnp.zeros_like, stats)
@@ -84,6 +83,14 @@ def recalibrate_batch_stats(model, variables, images_u8: np.ndarray, batch_size:
                                  mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
         return jax.tree.map(lambda v: v / (1.0 - models.BN_MOMENTUM), updates["batch_stats"])
 
+    return batch_stats_of
+
+
+def recalibrate_batch_stats(model, variables, images_u8: np.ndarray, batch_size: int = 200, stats_fn=None):
+    """Re-estimates BatchNorm statistics on `images_u8` for (e.g. smoothed) parameters:
+    the mean over batches of each batch's mean and variance, as used in training mode.
+    Pass one `stats_fn` (make_batch_stats_fn) for many calls so it compiles once."""
+    batch_stats_of = stats_fn or make_batch_stats_fn(model)
     total, n = None, 0
     for x, _, _ in data.batches(images_u8, np.zeros(len(images_u8), np.int32), batch_size, shuffle=False):
         stats = batch_stats_of(variables["params"], variables["batch_stats"], x)
@@ -244,6 +251,7 @@ def evaluate(workdir, *, rhos=(0.0, 0.1, 0.25, 0.5, 1.0), eps=(0.03, 0.06, 0.09)
         f"rho {list(rhos)}, eps {list(eps)}, PGD-{pgd_steps} step eps*{pgd_step_fraction:g}, "
         f"strong PGD-{2 * pgd_steps} x{strong_restarts} random restarts, Square {square_queries} queries")
 
+    stats_fn = make_batch_stats_fn(model) if recalibrate_bn else None
     variants = [(rho, False) for rho in rhos] + ([(rho, True) for rho in rhos] if recalibrate_bn else [])
     rows, kernel_sets = [], {}
     stem_path = smoothing.selected_paths(variables["params"], layers)[0]
@@ -251,7 +259,7 @@ def evaluate(workdir, *, rhos=(0.0, 0.1, 0.25, 0.5, 1.0), eps=(0.03, 0.06, 0.09)
         params = smoothing.smooth_params(variables["params"], rho, layers=layers)
         current = {**variables, "params": params}
         if recal:
-            current = recalibrate_batch_stats(model, current, train_images)
+            current = recalibrate_batch_stats(model, current, train_images, stats_fn=stats_fn)
         name = f"rho={rho:g}" + (" (BN re-estimated)" if recal else "")
         start, total = time.time(), None
         for b, (x, y, m) in enumerate(data.batches(images, labels, batch_size, shuffle=False, drop_remainder=False)):

@@ -229,3 +229,10 @@ def create_model(name: str, num_classes: int, **options) -> nn.Module:
     if isinstance(options.get("dtype"), str):
         options["dtype"] = jnp.dtype(options["dtype"])
     return MODELS[name](num_classes=num_classes, **options)
+
+
+def from_config(config, num_classes: int) -> nn.Module:
+    """The model an experiment config describes (keys model, batch_norm, dropout_rate, compute_dtype);
+    training and evaluation both build it here, so a restored checkpoint gets the same module."""
+    return create_model(config.model, num_classes, batch_norm=config.batch_norm,
+                        dropout_rate=config.dropout_rate, dtype=config.compute_dtype)

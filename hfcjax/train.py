@@ -96,11 +96,6 @@ def make_optimizer(config) -> optax.GradientTransformation:
     }[config.optimizer]()
 
 
-def build_model(config, num_classes: int):
-    return models.create_model(config.model, num_classes, batch_norm=config.batch_norm,
-                               dropout_rate=config.dropout_rate, dtype=config.compute_dtype)
-
-
 def variables_of(params, batch_stats) -> Dict:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
@@ -196,7 +191,7 @@ class Trainer:
         sharding.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
         self.repl, self.batch_sh = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
         self._load_data()
-        self.model = build_model(config, self.spec.num_classes)
+        self.model = models.from_config(config, self.spec.num_classes)
         self.tx = make_optimizer(config)
         init = functools.partial(init_state, self.model, self.tx, self.spec.shape, config.seed)
         self.state_sharding = jax.tree.map(lambda _: self.repl, jax.eval_shape(init))

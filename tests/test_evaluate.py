@@ -107,3 +107,13 @@ def test_clear_errors(run_dir, tmp_path):
                           cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "eps values must lie in [0.0, 1.0]" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_batch_norm_reestimation_compiles_once_across_rhos(run_dir):
+    config, model, variables, _ = evaluate.restore(run_dir)
+    images = data.load("fashion_mnist", "train")[0][:200]
+    stats_fn = evaluate.make_batch_stats_fn(model)
+    for rho in (0.0, 0.5, 1.0):
+        smoothed = {**variables, "params": smoothing.smooth_params(variables["params"], rho)}
+        evaluate.recalibrate_batch_stats(model, smoothed, images, batch_size=100, stats_fn=stats_fn)
+    assert stats_fn._cache_size() == 1
