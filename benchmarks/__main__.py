@@ -25,19 +25,16 @@ def main():
     if "split" in wanted:
         from benchmarks import bench_split
 
-        rows += bench_split.run()
-        print_rows(rows[-3:])
+        rows += print_rows(bench_split.run())
     if "attacks" in wanted:
         from benchmarks import bench_attacks
 
-        rows += bench_attacks.run()
-        print_rows(rows[-8:])
+        rows += print_rows(bench_attacks.run())
     if "train" in wanted:
         from benchmarks import bench_train
 
         with tempfile.TemporaryDirectory() as tmp:
-            rows += bench_train.run(tmp)
-        print_rows(rows[-8:])
+            rows += print_rows(bench_train.run(tmp))
     table = render(rows)
     print("\n" + table)
     out = Path(args.out or f"docs/benchmarks_{'gpu' if common.on_gpu() else 'cpu'}.md")
@@ -51,6 +48,7 @@ def main():
 def print_rows(rows):
     for name, value, unit, ratio, note in rows:
         print(f"{name}: {value:,.1f} {unit}; ratio {ratio:.2f} ({note})", flush=True)
+    return rows
 
 
 def render(rows) -> str:

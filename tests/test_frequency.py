@@ -83,12 +83,30 @@ def test_traced_radius_compiles_once_for_all_radii():
 
     for radius in (2.0, 4.0, 8.0, 16.0):
         low, _ = split_at(jnp.float32(radius))
-        np.testing.assert_allclose(low, frequency.split(images, radius)[0], atol=1e-6)
+        np.testing.assert_allclose(low, frequency.split(images, radius)[0], atol=5e-6)
     traced_matmul = jax.jit(lambda r: frequency.split(images, r, method="matmul"))
     np.testing.assert_allclose(traced_matmul(jnp.float32(8.0))[0], frequency.split(images, 8.0)[0], atol=2e-5)
     lows, highs = jax.vmap(lambda r: frequency.split(images, r))(jnp.array([4.0, 8.0]))
     assert lows.shape == (2, 2, 32, 32, 3)
-    np.testing.assert_allclose(lows[1], frequency.split(images, 8)[0], atol=1e-6)
+    np.testing.assert_allclose(lows[1], frequency.split(images, 8)[0], atol=5e-6)
+
+
+@pytest.mark.parametrize("num_images", [20, 21, 17])
+@pytest.mark.parametrize("method", frequency.SPLIT_METHODS)
+def test_blocked_split_equals_reference(monkeypatch, num_images, method):
+    # Target 8 images a block: 20 -> blocks of 5, 21 -> 7 (divisors), 17 (prime) -> 8 + a remainder pass.
+    image_bytes = 8 * 8 * 2 * 4
+    monkeypatch.setattr(frequency, "CPU_BLOCK_BYTES", 8 * image_bytes)
+    monkeypatch.setattr(frequency.jax, "default_backend", lambda: "cpu")
+    assert frequency._block_size(num_images, image_bytes) == {20: 5, 21: 7, 17: 8}[num_images]
+    images = np.random.default_rng(num_images).uniform(0, 1, (num_images, 8, 8, 2)).astype(np.float32)
+    low, high = jax.jit(lambda x: frequency.split(x, 2.5, method=method))(images)
+    ref_low, ref_high, _ = reference_split(images, 2.5, True)
+    np.testing.assert_allclose(low, ref_low, atol=2e-5)
+    np.testing.assert_allclose(high, ref_high, atol=2e-5)
+    assert frequency._block_size(3, image_bytes) == 0  # small batches: one pass
+    monkeypatch.setattr(frequency.jax, "default_backend", lambda: "gpu")
+    assert frequency._block_size(num_images, image_bytes) == 0  # accelerators: one pass
 
 
 def test_any_leading_batch_dims_and_uint8():
