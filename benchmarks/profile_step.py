@@ -1,6 +1,6 @@
 """Where the ResNet-18 train step spends its time: a jax.profiler trace grouped by XLA op kind.
 
-    python -m benchmarks.profile_step [--batch 100] [--dtype float32] [--steps 2] [--out FILE.md]
+    python -m benchmarks.profile_step [--batch 100] [--dtype float32] [--steps 2] [--convs] [--out FILE.md]
 
 Runs the real jitted step (hfcjax.train.Trainer, BatchNorm, Adam) on real CIFAR images,
 traces `--steps` steps with per-op trace events (on CPUs this needs
@@ -8,6 +8,9 @@ XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true, which the script sets before JAX 
 prints each op kind's share of the step (fusion names with their numeric suffix removed:
 ``ynn_fusion`` = YNNPACK convolutions/dots on CPU, ``transpose_copy_fusion`` = layout copies,
 ``convolution-base-dilated`` = strided backward-data convolutions, ``*_fusion`` = elementwise).
+With ``--convs`` it also times one 3x3 convolution of each ResNet-18 stage, forward and
+forward+backward, in JAX (``lax.conv_general_dilated``, NHWC) and in PyTorch (``conv2d``, NCHW),
+with the same number of threads: the convolutions alone, without the rest of the network.
 """
 
 from __future__ import annotations
@@ -39,11 +42,40 @@ def op_times(trace_dir: str) -> collections.Counter:
     return totals
 
 
+def conv_rows(batch: int):
+    """(stage, JAX fwd s, JAX fwd+bwd s, torch fwd s, torch fwd+bwd s) for each ResNet-18 stage's 3x3 conv."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from benchmarks.common import best_time
+
+    torch.set_num_threads(os.cpu_count())
+    rows = []
+    for size, channels in [(32, 64), (16, 128), (8, 256), (4, 512)]:
+        x = jax.random.normal(jax.random.key(0), (batch, size, size, channels))
+        w = jax.random.normal(jax.random.key(1), (3, 3, channels, channels)) * 0.05
+        conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        fwd = jax.jit(conv)
+        both = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
+        j_f = best_time(lambda: jax.block_until_ready(fwd(x, w)), reps=3)
+        j_b = best_time(lambda: jax.block_until_ready(both(x, w)), reps=3)
+        tx = torch.randn(batch, channels, size, size, requires_grad=True)
+        tw = torch.randn(channels, channels, 3, 3, requires_grad=True)
+        with torch.no_grad():
+            t_f = best_time(lambda: torch.nn.functional.conv2d(tx, tw, padding=1), reps=3)
+        t_b = best_time(lambda: (torch.nn.functional.conv2d(tx, tw, padding=1) ** 2).sum().backward(), reps=3)
+        rows.append((f"{size}x{size}x{channels}", j_f, j_b, t_f, t_b))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--convs", action="store_true", help="also time each stage's 3x3 conv vs PyTorch")
     parser.add_argument("--out", default=None, help="also write the table to this Markdown file")
     args = parser.parse_args()
     if TRACEME_FLAG not in os.environ.get("XLA_FLAGS", ""):
@@ -75,6 +107,13 @@ def main():
     for name, us in totals.most_common(12):
         lines.append(f"| {name} | {us / 1e3 / args.steps:,.1f} | {us / total:.1%} |")
     lines.append(f"| all ops | {total / 1e3 / args.steps:,.1f} | 100% |")
+    if args.convs:
+        lines += ["", f"One 3x3 convolution per ResNet-18 stage, batch {args.batch}, float32 (ms; ratio = JAX / PyTorch):",
+                  "", "| activation | JAX fwd | PyTorch fwd | ratio | JAX fwd+bwd | PyTorch fwd+bwd | ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, j_f, j_b, t_f, t_b in conv_rows(args.batch):
+            lines.append(f"| {name} | {j_f * 1e3:.0f} | {t_f * 1e3:.0f} | {j_f / t_f:.2f} | {j_b * 1e3:.0f} | "
+                         f"{t_b * 1e3:.0f} | {j_b / t_b:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
