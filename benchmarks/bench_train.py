@@ -20,13 +20,19 @@ def bench_config(batch_size, dtype, steps):
     return c
 
 
-def flax_rates(batch_size, dtype, steps, workdir):
-    """(bare jitted step img/s, real loop img/s): the loop feeds real CIFAR batches from the host."""
+def step_inputs(batch_size, dtype, steps, workdir):
+    """A real Trainer, its initial state and metric accumulator, and one real CIFAR batch on device."""
     trainer = train.Trainer(bench_config(batch_size, dtype, steps), workdir)
     state = trainer.init()
     acc = jax.device_put(train.zero_accumulator(), trainer.repl)
     images, labels, _ = next(data.batches(trainer.train_images, trainer.train_labels, batch_size, epoch=0))
     x, y = sharding.global_batch(trainer.batch_sh, images, labels)
+    return trainer, state, acc, x, y
+
+
+def flax_rates(batch_size, dtype, steps, workdir):
+    """(bare jitted step img/s, real loop img/s): the loop feeds real CIFAR batches from the host."""
+    trainer, state, acc, x, y = step_inputs(batch_size, dtype, steps, workdir)
     holder = {"state": state, "acc": acc}
 
     def bare():

@@ -83,16 +83,11 @@ def main():
 
     import jax
 
-    from benchmarks.bench_train import bench_config
+    from benchmarks.bench_train import step_inputs
     from benchmarks.common import machine
-    from hfcjax import data, sharding, train
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = train.Trainer(bench_config(args.batch, args.dtype, args.steps), os.path.join(tmp, "run"))
-        state = trainer.init()
-        acc = jax.device_put(train.zero_accumulator(), trainer.repl)
-        images, labels, _ = next(data.batches(trainer.train_images, trainer.train_labels, args.batch, epoch=0))
-        x, y = sharding.global_batch(trainer.batch_sh, images, labels)
+        trainer, state, acc, x, y = step_inputs(args.batch, args.dtype, args.steps, os.path.join(tmp, "run"))
         state, acc = trainer.train_step(state, acc, x, y)  # compile outside the trace
         jax.block_until_ready(acc)
         trace_dir = os.path.join(tmp, "trace")
