@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 
 import jax
-import numpy as np
 
-from benchmarks.common import best_time, cifar_images, on_gpu
+from benchmarks.common import best_time, on_gpu
 from hfcjax import config as config_lib, data, sharding, train
 
 
