@@ -154,7 +154,7 @@ def make_predictions(model, inclusive: bool):
             probs = jax.nn.softmax(model.apply(variables, v, train=False))
             return jnp.argmax(probs, -1), jnp.max(probs, -1)
 
-        return jax.lax.map(one, variants)
+        return measure.map_unrolled(one, variants)
 
     return predict
 
