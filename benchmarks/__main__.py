@@ -60,4 +60,7 @@ def render(rows) -> str:
 
 
 if __name__ == "__main__":
+    from hfcjax import cli
+
+    cli.use_huge_pages()
     main()

@@ -31,6 +31,7 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     text = f"{cpu}, {os.cpu_count()} cores; jax {jax.__version__} on {device.platform} ({device.device_kind})"
+    text += f"; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}"
     try:
         import torch
 

@@ -117,4 +117,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from hfcjax import cli
+
+    cli.use_huge_pages()
     main()

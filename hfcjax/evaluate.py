@@ -388,10 +388,10 @@ def main(argv=None):
 
     def run(argv):
         logging.set_verbosity(logging.WARNING)
-        from hfcjax import cli_errors
+        from hfcjax import cli
 
         F = flags.FLAGS
-        with cli_errors.clear_errors():
+        with cli.clear_errors():
             evaluate(F.workdir, rhos=_parse_floats(F.rho, "rho"), eps=_parse_floats(F.eps, "eps", 0.0, 1.0),
                      num_examples=F.num_examples, batch_size=F.batch_size, pgd_steps=F.pgd_steps,
                      pgd_step_fraction=F.pgd_step_fraction, strong_restarts=F.restarts,
@@ -403,4 +403,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from hfcjax import cli
+
+    cli.use_huge_pages()
     main()

@@ -24,11 +24,14 @@ def main(argv):
 
     if FLAGS.distributed:
         jax.distributed.initialize()
-    from hfcjax import cli_errors, train
+    from hfcjax import cli, train
 
-    with cli_errors.clear_errors():
+    with cli.clear_errors():
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
+    from hfcjax import cli
+
+    cli.use_huge_pages()
     app.run(main)

@@ -139,10 +139,10 @@ def main():
 
     def run(argv):
         logging.set_verbosity(logging.WARNING)
-        from hfcjax import cli_errors
+        from hfcjax import cli
 
         F = flags.FLAGS
-        with cli_errors.clear_errors():
+        with cli.clear_errors():
             reproduce(F.experiment, F.config, F.workdir, only=F.only,
                       eval_options={"num_examples": F.eval_examples})
 
@@ -150,4 +150,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from hfcjax import cli
+
+    cli.use_huge_pages()
     main()
