@@ -28,17 +28,25 @@ TRACEME_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
 
 def op_times(trace_dir: str) -> collections.Counter:
-    """Total microseconds per op kind over the trace's complete ('X') events, runtime frames excluded."""
+    """Total microseconds per op kind over the trace's complete ('X') events, runtime frames excluded.
+
+    On a GPU only the device's streams count (kernels, named by the XLA op in ``args.hlo_op``
+    when the trace has it, else by the kernel name); on a CPU the XLA ops are host events.
+    """
     path = glob.glob(os.path.join(trace_dir, "**", "*.json.gz"), recursive=True)[0]
     with gzip.open(path) as f:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
+    devices = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+               and "/device:gpu" in str(e.get("args", {}).get("name", "")).lower()}
     totals = collections.Counter()
     for event in events:
-        name = event.get("name", "")
+        name = str((event.get("args") or {}).get("hlo_op") or event.get("name", ""))
         if event.get("ph") != "X" or name.startswith(("$", "ThunkExecutor", "PjitFunction")):
             continue
-        totals[re.sub(r"\.\d+$", "", name)] += event.get("dur", 0)
+        if devices and event.get("pid") not in devices:
+            continue
+        totals[re.sub(r"[._]\d+$", "", name)[:80]] += event.get("dur", 0)
     return totals
 
 

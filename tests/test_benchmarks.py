@@ -1,0 +1,39 @@
+"""benchmarks.profile_step's trace reading on hand-written traces in the profiler's JSON format."""
+
+import gzip
+import json
+
+from benchmarks import profile_step
+
+
+def write_trace(tmp_path, events):
+    folder = tmp_path / "plugins" / "profile" / "run"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "host.trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    return str(tmp_path)
+
+
+def process(pid, name):
+    return {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}
+
+
+def op(pid, name, dur, **args):
+    return {"ph": "X", "pid": pid, "tid": 1, "name": name, "dur": dur, "args": args}
+
+
+def test_cpu_trace_groups_xla_ops_and_skips_runtime_frames(tmp_path):
+    trace = write_trace(tmp_path, [process(1, "/host:CPU"), op(1, "ynn_fusion.3", 30), op(1, "ynn_fusion.12", 20),
+                                   op(1, "transpose_copy_fusion", 10), op(1, "ThunkExecutor::Execute", 500),
+                                   op(1, "$python frame", 500), {"ph": "i", "pid": 1, "name": "ynn_fusion", "dur": 99}])
+    assert profile_step.op_times(trace) == {"ynn_fusion": 50, "transpose_copy_fusion": 10}
+
+
+def test_gpu_trace_counts_only_device_kernels_by_their_xla_op(tmp_path):
+    trace = write_trace(tmp_path, [process(1, "/host:CPU"), process(7, "/device:GPU:0"),
+                                   op(1, "PjRtStreamExecutorLoadedExecutable::Execute", 900),
+                                   op(1, "loop_add_fusion", 900),
+                                   op(7, "sm90_xmma_wgrad_implicit_gemm", 40, hlo_op="cudnn-conv-bw-filter.4"),
+                                   op(7, "sm90_xmma_wgrad_implicit_gemm", 60, hlo_op="cudnn-conv-bw-filter.11"),
+                                   op(7, "loop_add_fusion_2", 5)])
+    assert profile_step.op_times(trace) == {"cudnn-conv-bw-filter": 100, "loop_add_fusion": 5}
