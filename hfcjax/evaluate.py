@@ -105,7 +105,7 @@ def recalibrate_batch_stats(model, variables, images_u8: np.ndarray, batch_size:
 
 
 def make_attack_counts(model, *, pgd_steps: int, pgd_step_fraction: float, strong_restarts: int,
-                       square_queries: int, unroll: int | bool = 10):
+                       square_queries: int, unroll: int | bool | None = None):
     """Jitted (variables, images_u8, labels, mask, eps[E], key) -> correct counts:
     clean, FGSM[E], PGD[E], strong PGD at max eps, Square at max eps."""
 
@@ -242,7 +242,8 @@ def evaluate(workdir, *, rhos=(0.0, 0.1, 0.25, 0.5, 1.0), eps=(0.03, 0.06, 0.09)
     repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     attack_counts = jax.jit(make_attack_counts(model, pgd_steps=pgd_steps, pgd_step_fraction=pgd_step_fraction,
                                                strong_restarts=strong_restarts, square_queries=square_queries),
-                            in_shardings=(repl, batch_sh, batch_sh, batch_sh, repl, repl), out_shardings=repl)
+                            in_shardings=(repl, batch_sh, batch_sh, batch_sh, repl, repl), out_shardings=repl,
+                            compiler_options=measure.compiler_options())
     eps_arr = jnp.asarray(np.asarray(eps, np.float32))
     n = len(images)
     out_dir = Path(workdir) / EVAL_DIR
@@ -323,7 +324,8 @@ def frequency_report(model, variables, images, labels, config, svd_ranks, batch_
     count (right on the original and the HFC, wrong on the LFC) and its SVD counterpart."""
     radii = list(config.track_radii)
     ranks = [k for k in svd_ranks if k <= min(spec.shape[:2])]
-    predict = jax.jit(make_predictions(model, config.inclusive), static_argnums=3)
+    predict = jax.jit(make_predictions(model, config.inclusive), static_argnums=3,
+                      compiler_options=measure.compiler_options())
     preds, confs = [], []
     for x, _, m in data.batches(images, labels, batch_size, shuffle=False, drop_remainder=False):
         p, c = predict(variables, x, jnp.asarray(radii, jnp.float32), tuple(ranks))

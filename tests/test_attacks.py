@@ -50,7 +50,7 @@ def test_pgd_matches_numpy_loop_on_linear_model():
     for _ in range(steps):
         ref = ref + step * np.sign(numpy_grad(w, b, ref.astype(np.float32), y))
         ref = np.clip(np.clip(ref, x - eps, x + eps), 0, 1)
-    for unroll in (1, True):
+    for unroll in (1, 3, True, None):  # None: the backend's default (all steps on CPU)
         np.testing.assert_allclose(attacks.pgd(f, x, y, eps, step_size=step, steps=steps, unroll=unroll), ref,
                                    atol=1e-5)
 
