@@ -24,7 +24,8 @@ def use_huge_pages() -> None:
         return
     argv = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
     os.environ["GLIBC_TUNABLES"] = HUGE_PAGE_MALLOC
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *argv[1:]])
 
 
