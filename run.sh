@@ -26,7 +26,7 @@ if [ -z "${HFCJAX_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   export HFCJAX_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
 
-# Huge pages for XLA:CPU's large buffers (see hfcjax/cli.py); an explicit GLIBC_TUNABLES, even empty, wins.
+# Huge pages for XLA:CPU's large buffers (see hfcjax/backend.py); an explicit GLIBC_TUNABLES, even empty, wins.
 export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"
 
 cmd="${1:-train}"

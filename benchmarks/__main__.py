@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import tempfile
 from pathlib import Path
 
 from benchmarks import common
+from hfcjax import reports
 
 
 def main():
@@ -38,10 +38,7 @@ def main():
     table = render(rows)
     print("\n" + table)
     out = Path(args.out or f"docs/benchmarks_{'gpu' if common.on_gpu() else 'cpu'}.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(table + "\n")
-    os.replace(tmp, out)
+    reports.atomic_write(out, table + "\n")
     print(f"written to {out}")
 
 
@@ -52,15 +49,15 @@ def print_rows(rows):
 
 
 def render(rows) -> str:
-    lines = [f"Machine: {common.machine()}", f"Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             "", "| measurement | value | unit | ratio | ratio means |", "|---|---|---|---|---|"]
-    for name, value, unit, ratio, note in rows:
-        lines.append(f"| {name} | {value:,.1f} | {unit} | {ratio:.2f} | {note} |")
-    return "\n".join(lines)
+    table = reports.markdown_table(["measurement", "value", "unit", "ratio", "ratio means"],
+                                   [[name, f"{value:,.1f}", unit, f"{ratio:.2f}", note]
+                                    for name, value, unit, ratio, note in rows])
+    return "\n".join([f"Machine: {common.machine()}",
+                      f"Run: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", "", table])
 
 
 if __name__ == "__main__":
-    from hfcjax import cli
+    from hfcjax import backend
 
-    cli.use_huge_pages()
+    backend.use_huge_pages()
     main()

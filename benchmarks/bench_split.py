@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import best_time, cifar_images, on_gpu
-from hfcjax import frequency
+from hfcjax import backend, frequency
 
 
 def numpy_loop(images, radius):
@@ -65,9 +65,9 @@ def run(n: int = 0, radius: float = 8.0):
 
 @contextlib.contextmanager
 def _blocks_off():
-    saved = frequency.CPU_BLOCK_BYTES
-    frequency.CPU_BLOCK_BYTES = 1 << 62
+    saved = backend.CPU_SPLIT_BLOCK_BYTES
+    backend.CPU_SPLIT_BLOCK_BYTES = 0  # one pass over everything
     try:
         yield
     finally:
-        frequency.CPU_BLOCK_BYTES = saved
+        backend.CPU_SPLIT_BLOCK_BYTES = saved

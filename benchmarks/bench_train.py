@@ -22,27 +22,27 @@ def step_inputs(batch_size, dtype, steps, workdir):
     """A real Trainer, its initial state and metric accumulator, and one real CIFAR batch on device."""
     trainer = train.Trainer(bench_config(batch_size, dtype, steps), workdir)
     state = trainer.init()
-    acc = jax.device_put(train.zero_accumulator(), trainer.repl)
+    totals = jax.device_put(train.zero_totals(), trainer.repl)
     images, labels, _ = next(data.batches(trainer.train_images, trainer.train_labels, batch_size, epoch=0))
     x, y = sharding.global_batch(trainer.batch_sh, images, labels)
-    return trainer, state, acc, x, y
+    return trainer, state, totals, x, y
 
 
 def flax_rates(batch_size, dtype, steps, workdir):
     """(bare jitted step img/s, real loop img/s): the loop feeds real CIFAR batches from the host."""
-    trainer, state, acc, x, y = step_inputs(batch_size, dtype, steps, workdir)
-    holder = {"state": state, "acc": acc}
+    trainer, state, totals, x, y = step_inputs(batch_size, dtype, steps, workdir)
+    holder = {"state": state, "totals": totals}
 
     def bare():
         for _ in range(steps):
-            holder["state"], holder["acc"] = trainer.train_step(holder["state"], holder["acc"], x, y)
-        jax.block_until_ready(holder["acc"])
+            holder["state"], holder["totals"] = trainer.train_step(holder["state"], holder["totals"], x, y)
+        jax.block_until_ready(holder["totals"])
 
     def loop():
         for images, labels, _ in data.batches(trainer.train_images, trainer.train_labels, batch_size, epoch=1):
             xs, ys = sharding.global_batch(trainer.batch_sh, images, labels)
-            holder["state"], holder["acc"] = trainer.train_step(holder["state"], holder["acc"], xs, ys)
-        jax.block_until_ready(holder["acc"])
+            holder["state"], holder["totals"] = trainer.train_step(holder["state"], holder["totals"], xs, ys)
+        jax.block_until_ready(holder["totals"])
 
     t_bare = best_time(bare, reps=3)
     t_loop = best_time(loop, reps=3)

@@ -24,6 +24,8 @@ import os
 import re
 import tempfile
 
+from hfcjax import reports
+
 TRACEME_FLAG = "--xla_cpu_enable_xprof_traceme=true"
 
 
@@ -95,14 +97,14 @@ def main():
     from benchmarks.common import machine
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, state, acc, x, y = step_inputs(args.batch, args.dtype, args.steps, os.path.join(tmp, "run"))
-        state, acc = trainer.train_step(state, acc, x, y)  # compile outside the trace
-        jax.block_until_ready(acc)
+        trainer, state, totals, x, y = step_inputs(args.batch, args.dtype, args.steps, os.path.join(tmp, "run"))
+        state, totals = trainer.train_step(state, totals, x, y)  # compile outside the trace
+        jax.block_until_ready(totals)
         trace_dir = os.path.join(tmp, "trace")
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             for _ in range(args.steps):
-                state, acc = trainer.train_step(state, acc, x, y)
-            jax.block_until_ready(acc)
+                state, totals = trainer.train_step(state, totals, x, y)
+            jax.block_until_ready(totals)
         totals = op_times(trace_dir)
     total = sum(totals.values())
     lines = [f"Profile of the ResNet-18 train step, batch {args.batch}, {args.dtype}; {machine()}", "",
@@ -120,12 +122,11 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        reports.atomic_write(args.out, text)
 
 
 if __name__ == "__main__":
-    from hfcjax import cli
+    from hfcjax import backend
 
-    cli.use_huge_pages()
+    backend.use_huge_pages()
     main()

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hfcjax import backend
+
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
@@ -59,15 +61,10 @@ def pgd(
     Each step: x <- clip01(clip_eps(x + step_size * sign(grad))). With `random_start` the
     start is uniform in the eps-ball (needs `key`). With ``restarts > 1`` the run with the
     highest loss is kept per example. `unroll` is passed to `lax.fori_loop`; the default
-    (None) unrolls every step on a CPU and none on accelerators. Measured on a 2-core CPU with
-    ResNet-18: any rolled loop, even 10 unrolled steps per iteration, ran 2.2-2.9x the time
-    of the same number of forward+backward passes (XLA:CPU leaves part of the backward
-    convolutions inside a loop body out of its YNNPACK fusions), the fully unrolled loop
-    0.96-1.05x; on an H200 every unroll ran 0.87-0.89x, so accelerators keep the fast compile
-    of a rolled loop (see docs/benchmarks.md).
+    (None) is `backend.pgd_unroll()` (every step on a CPU, none on accelerators).
     """
     if unroll is None:
-        unroll = True if jax.default_backend() == "cpu" else 1
+        unroll = backend.pgd_unroll()
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}.")
     if random_start and key is None:

@@ -1,43 +1,42 @@
-"""Shared by the command-line entry points: process set-up and one-line errors."""
+"""Shared by the command-line entry points: one-line errors and list-flag conversion.
+
+(Process set-up that must happen before JAX is imported, huge-page malloc, is a platform
+choice and lives in `hfcjax.backend`.)
+"""
+
+from __future__ import annotations
 
 import contextlib
-import os
-import platform
+import re
 import sys
+from typing import List, Sequence
 
-HUGE_PAGE_MALLOC = "glibc.malloc.hugetlb=1"
+
+class UsageError(ValueError):
+    """A command-line value is malformed; the message names the flag."""
 
 
-def use_huge_pages() -> None:
-    """Restarts this process once with glibc's malloc asking for transparent huge pages.
-
-    XLA:CPU allocates every large buffer with malloc, which maps fresh 4 KiB pages; on the
-    2-core benchmark VM huge pages made the memory-bound frequency split 1.5-1.8x and the
-    ResNet-18 train step 1.07x faster (docs/benchmarks.md). glibc reads the setting only
-    at start-up, hence the restart, done before anything heavy is imported. Nothing happens
-    off Linux/glibc, when GLIBC_TUNABLES is already set (the user's choice wins), or with
-    HFCJAX_HUGE_PAGES=0.
-    """
-    if "GLIBC_TUNABLES" in os.environ or os.environ.get("HFCJAX_HUGE_PAGES", "1") == "0":
-        return
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
-        return
-    argv = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
-    os.environ["GLIBC_TUNABLES"] = HUGE_PAGE_MALLOC
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *argv[1:]])
+def floats(values: Sequence[str], flag: str) -> List[float]:
+    """Numbers from an absl list flag (``--eps 0.03,0.06``), or a UsageError naming the flag."""
+    try:
+        return [float(v) for v in values]
+    except ValueError:
+        raise UsageError(f"--{flag} must be comma-separated numbers, got {','.join(values)!r}.") from None
 
 
 @contextlib.contextmanager
 def clear_errors():
-    """Turns expected failures (bad config, missing data, NaN loss, ...) into one line on stderr."""
+    """Turns expected failures (bad config or flags, missing data or checkpoints, NaN loss,
+    a bad regex) into one line on stderr and exit status 2."""
+    from absl import flags
+
     from hfcjax.data import DataError
 
     try:
         yield
-    except (ValueError, TypeError, DataError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, DataError, FileNotFoundError, RuntimeError, re.error, flags.Error) as e:
         if type(e).__module__.startswith(("jax", "jaxlib")):
             raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        what = f"bad regex ({e})" if isinstance(e, re.error) else str(e)
+        print(f"error: {what}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -1,16 +1,26 @@
-"""The default experiment config: every key, its meaning and its default.
+"""The single source of truth for settings: every key of a training run and of an
+evaluation, its meaning, its default, its allowed values and its validation.
 
 Config files in ``configs/`` start from `default()` and change what their experiment
-needs; `hfcjax.train.validate_config` rejects bad values before any work.
+needs. `validate` (training) and `validate_eval` (evaluation) reject bad values with one
+line naming the key and what is allowed, before any work. Allowed values of keys that
+name something in a registry (datasets, models, split rescaling) are read from the
+registry's owner, so each list is defined once.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import ml_collections
+
+from hfcjax import data, frequency, models
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "adadelta", "rmsprop")
 COMPONENTS = ("original", "low", "high")
 DTYPES = ("float32", "bfloat16")
+RECALIBRATE_BN = ("auto", "yes", "no")
 
 
 def default() -> ml_collections.ConfigDict:
@@ -31,10 +41,10 @@ def default() -> ml_collections.ConfigDict:
     # Optimisation.
     c.optimizer = "adam"  # sgd | adam | adagrad | adadelta | rmsprop
     c.learning_rate = 1e-4
-    c.momentum = 0.0  # sgd only
+    c.momentum = 0.0  # sgd only, in [0, 1)
     c.batch_size = 100  # global batch, split over all devices
     c.num_epochs = 100
-    c.seed = 0
+    c.seed = 0  # integer >= 0: initialisation, batch order, step randomness, label shuffling
     # Heuristics and data variants (Sections 4 and 5).
     c.shuffle_labels = False  # M_shuffle: training labels permuted once by a permutation from the seed
     c.mixup_alpha = 0.0  # paper: 0.5
@@ -55,3 +65,119 @@ def default() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.keep_checkpoints = 3  # the last N epochs are kept, plus the best by test accuracy
     return c
+
+
+def eval_default() -> ml_collections.ConfigDict:
+    """Settings of `hfcjax.evaluate` (Section 6: Table 2, Figures 2 and 7), one key per flag."""
+    e = ml_collections.ConfigDict()
+    e.rhos = (0.0, 0.1, 0.25, 0.5, 1.0)  # smoothing strengths of Eq. 3 (>= 0); 0 = the trained kernels
+    e.eps = (0.03, 0.06, 0.09)  # L-inf budgets, pixels in [0, 1]
+    e.num_examples = 0  # the first N test images (0 = all)
+    e.batch_size = 200  # images per compiled attack call (rounded up to a multiple of the devices)
+    e.pgd_steps = 20  # PGD steps at every eps; the strong PGD uses twice as many
+    e.pgd_step_fraction = 0.125  # PGD step size as a fraction of eps (eps / 8)
+    e.strong_restarts = 3  # random restarts of the strong PGD at the largest eps
+    e.square_queries = 300  # queries of the gradient-free Square attack at the largest eps (0 = off)
+    e.layers = (rf"^{models.FIRST_CONV}/kernel$",)  # regexes on parameter paths of the kernels to smooth
+    e.recalibrate_bn = "auto"  # auto | yes | no: also rows with BatchNorm statistics re-estimated
+    e.recalibrate_examples = 2000  # training images used to re-estimate BatchNorm statistics
+    e.epoch = "latest"  # checkpoint to evaluate: latest, best or an epoch number
+    e.svd_ranks = (4, 8, 12, 16)  # ranks of Section 8's SVD split in the frequency report
+    e.seed = 0  # seed of the random attacks (random starts, Square)
+    e.data_dir = ""  # '' = the data directory saved in the run's config
+    return e
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _fail(key: str, message: str):
+    raise ValueError(f"config.{key} {message}")
+
+
+def _one_of(config, key: str, allowed: Sequence[str]) -> None:
+    if config[key] not in allowed:
+        _fail(key, f"{config[key]!r} is unknown; choose one of {tuple(sorted(allowed))}.")
+
+
+def _int_at_least(config, key: str, low: int, what: str) -> None:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        _fail(key, f"must be {what}, got {value!r}.")
+
+
+def _radius(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"config.{key}: radii must be >= 0 and finite, got {value!r}.")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key of a training config and what is allowed."""
+    data.get_spec(config.dataset)
+    for key, allowed in (("data_source", data.SOURCES), ("model", tuple(models.MODELS)),
+                         ("optimizer", OPTIMIZERS), ("train_component", COMPONENTS),
+                         ("train_rescale", frequency.RESCALE_MODES), ("compute_dtype", DTYPES)):
+        _one_of(config, key, allowed)
+    for key in ("batch_size", "num_epochs", "eval_batch_size", "log_every_steps", "keep_checkpoints"):
+        _int_at_least(config, key, 1, "a positive integer")
+    for key in ("train_subset", "test_subset", "eval_train_subset"):
+        _int_at_least(config, key, 0, "an integer >= 0 (0 = all)")
+    _int_at_least(config, "seed", 0, "an integer >= 0")
+    if config.train_subset and config.eval_train_subset > config.train_subset:
+        _fail("eval_train_subset", f"({config.eval_train_subset}) must not exceed config.train_subset "
+                                   f"({config.train_subset}): it evaluates the first N training images.")
+    if not config.learning_rate > 0:
+        _fail("learning_rate", f"must be > 0, got {config.learning_rate!r}.")
+    if not 0.0 <= config.momentum < 1.0:
+        _fail("momentum", f"must be in [0, 1), got {config.momentum!r}.")
+    if not 0.0 <= config.dropout_rate < 1.0:
+        _fail("dropout_rate", f"must be in [0, 1), got {config.dropout_rate!r}.")
+    if not config.mixup_alpha >= 0:
+        _fail("mixup_alpha", f"must be >= 0 (0 = off), got {config.mixup_alpha!r}.")
+    _radius("train_radius", config.train_radius)
+    for r in config.track_radii:
+        _radius("track_radii", r)
+    adv = config.adversarial
+    if adv.enabled and not (0 <= adv.eps <= 1 and adv.step_size > 0 and adv.steps > 0):
+        _fail("adversarial", "needs 0 <= eps <= 1, step_size > 0 and steps > 0.")
+
+
+def validate_eval(e: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad evaluation setting and what is allowed."""
+    eps, rhos = list(e.eps), list(e.rhos)
+    if not eps or any(not 0 <= v <= 1 for v in eps):
+        raise ValueError(f"eps values must lie in [0.0, 1.0] (pixels are in [0, 1]), got {eps}.")
+    if not rhos or any(not (math.isfinite(r) and r >= 0) for r in rhos):
+        raise ValueError(f"rho values must be finite and >= 0, got {rhos}.")
+    for key, low in (("pgd_steps", 1), ("strong_restarts", 1), ("batch_size", 1), ("square_queries", 0),
+                     ("num_examples", 0), ("recalibrate_examples", 1), ("seed", 0)):
+        _int_at_least(e, key, low, f"an integer >= {low}")
+    if not 0 < e.pgd_step_fraction <= 1:
+        _fail("pgd_step_fraction", f"must be in (0, 1], got {e.pgd_step_fraction!r}.")
+    _one_of(e, "recalibrate_bn", RECALIBRATE_BN)
+    if not list(e.layers):
+        _fail("layers", "needs at least one regex on parameter paths, e.g. '^stem/kernel$'.")
+    if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in e.svd_ranks):
+        _fail("svd_ranks", f"must be integers >= 0, got {list(e.svd_ranks)}.")
+    if str(e.epoch) not in ("latest", "best") and not str(e.epoch).isdigit():
+        _fail("epoch", f"must be latest, best or an epoch number, got {e.epoch!r}.")
+
+
+def eval_config(**overrides) -> ml_collections.ConfigDict:
+    """`eval_default()` with keyword overrides (unknown keys are refused), validated."""
+    e = eval_default()
+    unknown = set(overrides) - set(e.keys())
+    if unknown:
+        raise ValueError(f"unknown evaluation settings {sorted(unknown)}; known: {sorted(e.keys())}.")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key == "recalibrate_bn" and isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif key == "epoch":
+            value = str(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        e[key] = value
+    validate_eval(e)
+    return e

@@ -4,8 +4,6 @@ Only parses flags and calls `train.train_and_evaluate`; bad input ends with one 
 message instead of a traceback.
 """
 
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -31,7 +29,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from hfcjax import cli
+    from hfcjax import backend
 
-    cli.use_huge_pages()
+    backend.use_huge_pages()
     app.run(main)

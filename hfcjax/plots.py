@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import matplotlib
 import matplotlib.ticker
@@ -14,17 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hfcjax import frequency  # noqa: E402
+from hfcjax import data, frequency, measure, reports  # noqa: E402
 
 
 def _save(fig, path) -> str:
     """Writes atomically (temp file + rename) so a crash never leaves half a PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with reports.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
     return str(path)
 
 
@@ -64,30 +60,25 @@ def split_examples(images_u8, radii: Sequence[float], path, labels=None, class_n
     return _save(fig, path)
 
 
-def read_metrics(path) -> List[Dict]:
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                records.append(json.loads(line))
-    return records
+def _accuracy_lines(ax, records: Sequence[Dict], split: str, radii: Sequence[float], label: str) -> None:
+    """`split`'s accuracy along epochs: x in black, LFC solid and HFC dashed per radius."""
+    epochs = [r["epoch"] for r in records]
+    curves = measure.series(records, split, measure.tracked_variants(radii))
+    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
+    ax.plot(epochs, curves[measure.ORIGINAL], "k-", lw=2, label=label)
+    for c, radius in zip(colours, radii):
+        for variant, style in ((measure.low(radius), "-"), (measure.high(radius), "--")):
+            ax.plot(epochs, curves[variant], style, color=c, label=variant.label)
 
 
-def training_curves(records: Sequence[Dict], path, title: Optional[str] = None) -> str:
+def training_curves(records: Sequence[Dict], radii: Sequence[float], path, title: Optional[str] = None) -> str:
     """Figure-3/5-style panels: accuracy along epochs of train/test on the original images
-    and on their LFC and HFC at every tracked radius."""
+    and on their LFC and HFC at every radius in `radii` (metrics.jsonl records)."""
     if not records:
         raise ValueError("no metrics to plot: metrics.jsonl is empty.")
-    epochs = [r["epoch"] for r in records]
-    radii = sorted({k.split("_r")[1] for k in records[0] if "_low_r" in k}, key=float)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
-    for ax, split in zip(axes, ("train", "test")):
-        ax.plot(epochs, [r[f"{split}_acc"] for r in records], "k-", lw=2, label=f"{split} (original)")
-        for c, radius in zip(colours, radii):
-            ax.plot(epochs, [r[f"{split}_low_r{radius}"] for r in records], "-", color=c, label=f"LFC r={radius}")
-            ax.plot(epochs, [r[f"{split}_high_r{radius}"] for r in records], "--", color=c, label=f"HFC r={radius}")
+    for ax, split in zip(axes, measure.SPLITS):
+        _accuracy_lines(ax, records, split, radii, f"{split} (original)")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(f"{split} set")
@@ -126,7 +117,7 @@ def kernels(kernel_sets: Dict[str, np.ndarray], path, max_kernels: int = 16) -> 
 def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, class_names=None) -> str:
     """Figure 2: images predicted right on the original and on the HFC but wrong on the LFC.
 
-    `rows[i]` holds 'label' and, for 'orig'/'low'/'high', the predicted class and confidence.
+    `rows[i]` holds 'label' and, for 'original'/'low'/'high', the predicted class and confidence.
     """
     n = len(images)
     if n == 0:
@@ -134,7 +125,7 @@ def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, cl
     fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n), squeeze=False)
     name = (lambda k: class_names[k]) if class_names else str
     for i in range(n):
-        for j, (key, image) in enumerate((("orig", images[i]), ("low", lows[i]), ("high", highs[i]))):
+        for j, (key, image) in enumerate((("original", images[i]), ("low", lows[i]), ("high", highs[i]))):
             pred, conf = rows[i][key]
             _show(axes[i, j], image, symmetric=(key == "high"))
             ok = pred == rows[i]["label"]
@@ -142,6 +133,15 @@ def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, cl
         axes[i, 0].set_ylabel(f"true: {name(rows[i]['label'])}", fontsize=7)
     fig.suptitle(f"original | LFC | HFC (r={radius:g}): prediction and confidence", fontsize=8)
     return _save(fig, path)
+
+
+def figure2(images_u8, radius: float, rows: Sequence[Dict], path, *, inclusive: bool = True,
+            class_names=None) -> str:
+    """`hfc_story` for uint8 images: splits them at `radius` first (rows from
+    `evaluators.FrequencyReport.figure2_rows`)."""
+    x = np.asarray(images_u8, np.float32) / 255.0
+    low, high = frequency.split(x, radius, inclusive=inclusive)
+    return hfc_story(x, np.asarray(low), np.asarray(high), rows, path, radius=radius, class_names=class_names)
 
 
 def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
@@ -162,22 +162,16 @@ def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
     return _save(fig, path)
 
 
-def compare_runs(histories: Dict[str, Sequence[Dict]], path, split: str = "train", title: Optional[str] = None) -> str:
+def compare_runs(histories: Dict[str, Sequence[Dict]], radii: Sequence[float], path, split: str = "train",
+                 title: Optional[str] = None) -> str:
     """Figures 3-6: one panel per run with the `split` accuracy of x (black), of its LFC (solid)
-    and HFC (dashed) at every tracked radius, along epochs; shared y axis."""
+    and HFC (dashed) at every radius in `radii`, along epochs; shared y axis."""
     names = list(histories)
     cols = min(len(names), 4)
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), sharey=True, squeeze=False)
     for ax, name in zip(axes.flat, names):
-        records = histories[name]
-        epochs = [r["epoch"] for r in records]
-        radii = sorted({k.split("_r")[1] for k in records[0] if k.startswith(f"{split}_low_r")}, key=float)
-        colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
-        ax.plot(epochs, [r[f"{split}_acc"] for r in records], "k-", lw=2, label=f"{split} x")
-        for c, radius in zip(colours, radii):
-            ax.plot(epochs, [r[f"{split}_low_r{radius}"] for r in records], "-", color=c, label=f"LFC r={radius}")
-            ax.plot(epochs, [r[f"{split}_high_r{radius}"] for r in records], "--", color=c, label=f"HFC r={radius}")
+        _accuracy_lines(ax, histories[name], split, radii, f"{split} x")
         ax.set_title(name, fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
@@ -196,20 +190,24 @@ def compare_runs(histories: Dict[str, Sequence[Dict]], path, split: str = "train
 def main(argv=None):
     """python -m hfcjax.plots --dataset cifar10 --radii 4,8,12,16 --out split.png [--count 4]:
     the Figure-2-style split of the first test images of a dataset."""
-    import argparse
+    import sys
 
-    from hfcjax import data
+    from absl import flags
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--radii", default="4,8,12,16")
-    parser.add_argument("--count", type=int, default=4)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    images, labels = data.load(args.dataset, "test")
-    radii = [float(r) for r in args.radii.split(",")]
-    path = split_examples(images[: args.count], radii, args.out, labels=labels[: args.count],
-                          class_names=data.get_spec(args.dataset).class_names)
+    from hfcjax import cli
+
+    fv = flags.FlagValues()
+    flags.DEFINE_enum("dataset", "cifar10", sorted(data.DATASETS), "Dataset whose test images to split.",
+                      flag_values=fv)
+    flags.DEFINE_list("radii", ["4", "8", "12", "16"], "Comma-separated radii.", flag_values=fv)
+    flags.DEFINE_integer("count", 4, "Number of images (rows).", lower_bound=1, flag_values=fv)
+    flags.DEFINE_string("out", None, "PNG file to write.", required=True, flag_values=fv)
+    with cli.clear_errors():
+        fv([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+        radii = cli.floats(fv.radii, "radii")
+        images, labels = data.load(fv.dataset, "test")
+        path = split_examples(images[: fv.count], radii, fv.out, labels=labels[: fv.count],
+                              class_names=data.get_spec(fv.dataset).class_names)
     print(f"wrote {path}")
 
 

@@ -19,13 +19,12 @@ Experiments (runs are config overrides applied on top of --config):
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import ml_collections
 
-from hfcjax import evaluate as evaluate_lib, plots, train
+from hfcjax import config as config_lib, evaluate as evaluate_lib, evaluators, measure, plots, reports, train
 
 RADII = (4, 8, 12, 16)
 Run = Tuple[str, Dict]
@@ -76,32 +75,28 @@ def plan(experiment: str, base, only: Sequence[str] = ()) -> List[Tuple[str, ml_
         raise ValueError(f"--only names {sorted(unknown)} are not runs of {experiment}; its runs: {names}.")
     configs = [(name, run_config(base, o)) for name, o in runs if not only or name in only]
     for _, config in configs:
-        train.validate_config(config)
+        config_lib.validate(config)
     return configs
 
 
 def final_row(name: str, history: Sequence[Dict], radii) -> Dict:
+    """The report's row of one run: its last epoch's accuracies and the time it took."""
     last = history[-1]
+    test = measure.accuracies(last, "test", measure.tracked_variants(radii))
     row = {"run": name, "epochs": last["epoch"], "train acc (own inputs)": last["batch_acc"],
-           "train acc": last["train_acc"], "test acc": last["test_acc"]}
+           "train acc": measure.accuracies(last, "train", [measure.ORIGINAL])[measure.ORIGINAL],
+           "test acc": test[measure.ORIGINAL]}
     for r in radii:
-        row[f"test LFC r={r:g}"] = last[f"test_low_r{r:g}"]
-        row[f"test HFC r={r:g}"] = last[f"test_high_r{r:g}"]
+        row[f"test {measure.low(r).label}"] = test[measure.low(r)]
+        row[f"test {measure.high(r).label}"] = test[measure.high(r)]
     row["seconds (train+eval)"] = round(sum(h["train_seconds"] + h["eval_seconds"] for h in history), 1)
     return row
 
 
-def markdown(rows: Sequence[Dict]) -> str:
-    keys = list(rows[0])
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    return "\n".join(lines)
-
-
 def reproduce(experiment: str, base: ml_collections.ConfigDict, workdir, *, only: Sequence[str] = (),
               eval_options: Dict | None = None) -> Dict:
-    """Trains every run of `experiment` under workdir/<run>, then writes report.md and the figures."""
+    """Trains every run of `experiment` under workdir/<run>, then writes report.{md,json} and
+    the comparison figures; for evaluated experiments also each run's robustness grid."""
     workdir = Path(workdir)
     runs = plan(experiment, base, only)
     histories, rows, tables = {}, [], []
@@ -111,18 +106,20 @@ def reproduce(experiment: str, base: ml_collections.ConfigDict, workdir, *, only
         rows.append(final_row(name, histories[name], config.track_radii))
         if experiment in EVALUATED:
             result = evaluate_lib.evaluate(workdir / name, **(eval_options or {}))
-            tables.append(f"### {name}\n\n" + (workdir / name / evaluate_lib.EVAL_DIR / "robustness.md").read_text())
+            columns = evaluators.robustness_columns(result["eps"], result["square_queries"] > 0)
+            tables.append(f"### {name}\n\n" + reports.render_markdown(result["rows"], columns) + "\n")
     figures = []
-    for split in ("train", "test"):
-        path = plots.compare_runs(histories, workdir / f"{experiment}_{split}.png", split=split,
+    for split in measure.SPLITS:
+        path = plots.compare_runs(histories, base.track_radii, workdir / f"{experiment}_{split}.png", split=split,
                                   title=f"{experiment}: {split} accuracy of x, LFC and HFC along epochs")
         figures.append(Path(path).name)
+    table = reports.markdown_table(list(rows[0]), [list(r.values()) for r in rows])
     report = [f"# {experiment}", "", f"Base config: dataset {base.dataset}, model {base.model}, "
               f"{base.num_epochs} epochs, batch {base.batch_size}, {base.optimizer} lr {base.learning_rate}.",
-              "", markdown(rows), ""] + [f"![{f}]({f})" for f in figures] + [""] + tables
-    (workdir / "report.md").write_text("\n".join(report) + "\n")
-    (workdir / "report.json").write_text(json.dumps(rows, indent=2))
-    print("\n" + markdown(rows) + f"\n\nreport: {workdir / 'report.md'}", flush=True)
+              "", table, ""] + [f"![{f}]({f})" for f in figures] + [""] + tables
+    reports.atomic_write(workdir / "report.md", "\n".join(report) + "\n")
+    reports.write_json(workdir / "report.json", rows)
+    print("\n" + table + f"\n\nreport: {workdir / 'report.md'}", flush=True)
     return {"rows": rows, "histories": histories}
 
 
@@ -137,10 +134,10 @@ def main():
     flags.DEFINE_integer("eval_examples", 500, "Test images for the robustness grid (table2).")
     flags.mark_flags_as_required(["config", "workdir", "experiment"])
 
+    from hfcjax import cli
+
     def run(argv):
         logging.set_verbosity(logging.WARNING)
-        from hfcjax import cli
-
         F = flags.FLAGS
         with cli.clear_errors():
             reproduce(F.experiment, F.config, F.workdir, only=F.only,
@@ -150,7 +147,7 @@ def main():
 
 
 if __name__ == "__main__":
-    from hfcjax import cli
+    from hfcjax import backend
 
-    cli.use_huge_pages()
+    backend.use_huge_pages()
     main()

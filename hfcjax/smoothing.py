@@ -9,9 +9,8 @@ renormalisation, on every input/output channel of an HWIO kernel.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any, List, Sequence, Tuple
 
-import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
@@ -32,21 +31,28 @@ def smooth_kernel(kernel, rho):
     return kernel + rho * neighbours
 
 
-def _path_string(path) -> str:
+def path_string(path: Tuple[str, ...]) -> str:
+    """The form the layer regexes are matched against: 'stage1_block1/Conv_0/kernel'."""
     return "/".join(str(p) for p in path)
 
 
-def selected_paths(params, layers: Sequence[str] = DEFAULT_LAYERS):
-    """Paths ('a/b/kernel') of the 4-D kernels whose path matches any regex in `layers`."""
+def selected_paths(params, layers: Sequence[str] = DEFAULT_LAYERS) -> List[Tuple[str, ...]]:
+    """Paths (tuples of keys) of the 4-D kernels whose `path_string` matches any regex in
+    `layers`, in the tree's order; a ValueError lists the model's kernels when none does."""
     flat = traverse_util.flatten_dict(_unfreeze(params))
     patterns = [re.compile(p) for p in layers]
-    found = [_path_string(k) for k, v in flat.items()
-             if getattr(v, "ndim", 0) == 4 and any(p.search(_path_string(k)) for p in patterns)]
+    found = [k for k, v in flat.items()
+             if getattr(v, "ndim", 0) == 4 and any(p.search(path_string(k)) for p in patterns)]
     if not found:
-        convs = [_path_string(k) for k, v in flat.items() if getattr(v, "ndim", 0) == 4]
+        convs = [path_string(k) for k, v in flat.items() if getattr(v, "ndim", 0) == 4]
         raise ValueError(f"no convolution kernel matches {list(layers)}; kernels in this model: {convs[:8]}"
                          f"{' ...' if len(convs) > 8 else ''}")
     return found
+
+
+def first_kernel(params, layers: Sequence[str] = DEFAULT_LAYERS):
+    """The first kernel `layers` selects (what Figure 7 draws and `roughness` scores)."""
+    return traverse_util.flatten_dict(_unfreeze(params))[selected_paths(params, layers)[0]]
 
 
 def _unfreeze(tree):
@@ -58,7 +64,7 @@ def smooth_params(params, rho, *, layers: Sequence[str] = DEFAULT_LAYERS) -> Any
     paths like 'stem/kernel'); every other leaf is returned untouched."""
     chosen = set(selected_paths(params, layers))
     flat = traverse_util.flatten_dict(_unfreeze(params))
-    out = {k: smooth_kernel(v, rho) if _path_string(k) in chosen else v for k, v in flat.items()}
+    out = {k: smooth_kernel(v, rho) if k in chosen else v for k, v in flat.items()}
     return traverse_util.unflatten_dict(out)
 
 

@@ -1,8 +1,14 @@
-"""Tests read the real data in ../shared/data unless HFCJAX_DATA_DIR points elsewhere."""
+"""Shared test fixtures. Tests read the real data in ../shared/data unless HFCJAX_DATA_DIR
+points elsewhere; no test module imports another, they share what is here."""
 
+import collections
+import contextlib
+import logging
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,3 +24,100 @@ def data_dir():
         "tests need the real datasets: set HFCJAX_DATA_DIR to a folder holding "
         "cifar-10-batches-py/ and fashion-mnist/ (see ../shared/data/README.md)")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def root():
+    """The repository root (where `python -m hfcjax...` runs)."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def subprocess_env():
+    """The environment for `python -m hfcjax...` subprocesses: this checkout on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def _tiny_config(**overrides):
+    """The Fashion-MNIST MNIST-CNN config on small real subsets; 'a.b' keys reach nested dicts."""
+    from hfcjax import config as config_lib
+
+    c = config_lib.default()
+    c.dataset, c.model = "fashion_mnist", "mnist_cnn"
+    c.train_subset, c.test_subset, c.eval_train_subset = 600, 200, 200
+    c.batch_size, c.eval_batch_size, c.num_epochs = 40, 200, 2
+    c.learning_rate, c.log_every_steps = 1e-3, 5
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """A factory: tiny_config(**overrides) -> ConfigDict."""
+    return _tiny_config
+
+
+def _reference_split(images, radius, inclusive=True):
+    """Section 3.1 literally: per image and channel, fftshift, disk mask, inverse, real part."""
+    images = np.asarray(images, np.float64)
+    low = np.zeros_like(images)
+    high = np.zeros_like(images)
+    n, h, w, c = images.shape
+    ci, cj = h // 2, w // 2
+    mask = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            d = np.sqrt((i - ci) ** 2 + (j - cj) ** 2)
+            mask[i, j] = d <= radius if inclusive else d < radius
+    for k in range(n):
+        for ch in range(c):
+            z = np.fft.fftshift(np.fft.fft2(images[k, :, :, ch]))
+            low[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(z * mask)))
+            high[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(z * (1 - mask))))
+    return low, high, mask
+
+
+@pytest.fixture(scope="session")
+def reference_split():
+    """The numpy reference of the paper's split: reference_split(images, r, inclusive) -> (low, high, mask)."""
+    return _reference_split
+
+
+class _CompileCounter(logging.Handler):
+    PATTERN = re.compile(r"Compiling (?:jit\()?([\w<>.-]+)")
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.counts = collections.Counter()
+
+    def emit(self, record):
+        match = self.PATTERN.search(record.getMessage())
+        if match:
+            self.counts[match.group(1)] += 1
+
+
+@pytest.fixture
+def count_compiles():
+    """A context manager counting XLA compilations by function name, through JAX's public
+    compile logging (`jax.log_compiles`): ``with count_compiles() as counts: ...; counts['step']``."""
+    import jax
+
+    @contextlib.contextmanager
+    def counting():
+        handler = _CompileCounter()
+        logger = logging.getLogger("jax")
+        logger.addHandler(handler)
+        try:
+            with jax.log_compiles():
+                yield handler.counts
+        finally:
+            logger.removeHandler(handler)
+
+    return counting
+
+

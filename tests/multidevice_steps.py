@@ -1,21 +1,24 @@
-"""Helper for test_train: runs 3 train steps and one evaluation on however many devices
-this process sees, and prints the parameters' summary and metrics as JSON."""
+"""Run by test_train in a subprocess: 3 train steps and one evaluation of the config given
+as JSON (argv[2]) on however many devices this process sees; prints the parameters'
+summary and metrics as JSON."""
 
 import json
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 
 from hfcjax import data, sharding, train
-from test_train import tiny_config
 
-trainer = train.Trainer(tiny_config(batch_norm=True, dropout_rate=0.5, mixup_alpha=0.5), sys.argv[1])
-state, acc = trainer.init(), jax.device_put(train.zero_accumulator(), trainer.repl)
+config = ml_collections.ConfigDict(json.loads(sys.argv[2]))
+trainer = train.Trainer(config, sys.argv[1])
+state, totals = trainer.init(), jax.device_put(train.zero_totals(), trainer.repl)
 for images, labels, _ in list(data.batches(trainer.train_images, trainer.train_labels, 40, seed=0, epoch=1))[:3]:
     x, y = sharding.global_batch(trainer.batch_sh, images, labels)
-    state, acc = trainer.train_step(state, acc, x, y)
+    state, totals = trainer.train_step(state, totals, x, y)
 leaves = [np.asarray(v, np.float64) for v in jax.tree.leaves(jax.device_get(state.params))]
-print(json.dumps({"devices": len(jax.devices()), "loss": float(acc["loss"]),
+metrics = trainer.evaluate(state, trainer.test_images, trainer.test_labels)
+print(json.dumps({"devices": len(jax.devices()), "loss": float(totals["loss_sum"]),
                   "params": [float(v.sum()) for v in leaves], "abs": [float(np.abs(v).sum()) for v in leaves],
-                  "metrics": trainer.evaluate(state, trainer.test_images, trainer.test_labels)}))
+                  "metrics": {v.name: a for v, a in metrics.items()}}))

@@ -6,20 +6,20 @@ import shutil
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hfcjax import data, evaluate, smoothing, train
-from test_train import ROOT, SUBPROCESS_ENV, tiny_config
+from hfcjax import checkpoints, data, evaluate, evaluators, smoothing, train
 
 FAST = dict(rhos=(0.0, 1.0), eps=(0.05, 0.1), num_examples=40, batch_size=20, pgd_steps=3, strong_restarts=2,
             square_queries=10, recalibrate_examples=200)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_config):
     workdir = tmp_path_factory.mktemp("run")
     train.train_and_evaluate(tiny_config(num_epochs=1, batch_norm=True), str(workdir))
     return workdir
@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
 
 def test_table2_grid_and_reports_are_written(run_dir):
     result = evaluate.evaluate(run_dir, **FAST)
-    out = run_dir / "eval"
+    out = checkpoints.RunDir(run_dir).eval
     names = [r["name"] for r in result["rows"]]
     assert names == ["rho=0", "rho=1", "rho=0 (BN re-estimated)", "rho=1 (BN re-estimated)"]
     for row in result["rows"]:
@@ -45,13 +45,14 @@ def test_table2_grid_and_reports_are_written(run_dir):
     for png in ("kernels.png", "robustness.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     freq = saved["frequency"]
-    assert set(freq["accuracy"]) >= {"orig", "low_r4", "high_r16", "dominant_k8", "trailing_k16"}
-    assert freq["accuracy"]["orig"] == pytest.approx(result["rows"][0]["clean"])
+    assert set(freq["accuracy"]) >= {"original", "low_r4", "high_r16", "dominant_k8", "trailing_k16"}
+    assert freq["accuracy"]["original"] == pytest.approx(result["rows"][0]["clean"])
+    assert set(freq["figure2_count"]) == {"r4", "r8", "r12", "r16"}
     assert "Figure-2 count" in (out / "frequency.md").read_text()
 
 
 def test_clean_accuracy_matches_the_restored_model_directly(run_dir):
-    config, model, variables, _ = evaluate.restore(run_dir)
+    config, model, variables, _ = checkpoints.restore_model(run_dir)
     x, y = data.load("fashion_mnist", "test")
     logits = model.apply(variables, x[:40].astype(np.float32) / 255)
     direct = float((np.argmax(logits, -1) == y[:40]).mean())
@@ -62,29 +63,28 @@ def test_clean_accuracy_matches_the_restored_model_directly(run_dir):
 def test_evaluation_needs_no_optimizer_state(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    for step in (copy / "checkpoints").iterdir():
-        if (step / "train").is_dir():
-            shutil.rmtree(step / "train")
+    for epoch_dir in checkpoints.RunDir(copy).epoch_dirs():
+        shutil.rmtree(epoch_dir / checkpoints.TRAIN)
     result = evaluate.evaluate(copy, **{**FAST, "rhos": (0.5,), "recalibrate_bn": False})
     assert len(result["rows"]) == 1
 
 
 def test_rho_grid_compiles_once(run_dir):
-    config, model, variables, _ = evaluate.restore(run_dir)
-    f = jax.jit(evaluate.make_attack_counts(model, pgd_steps=2, pgd_step_fraction=0.25, strong_restarts=1,
-                                            square_queries=2))
+    config, model, variables, _ = checkpoints.restore_model(run_dir)
+    counts = evaluators.make_attack_counts(lambda v, z: model.apply(v, z), pgd_steps=2, pgd_step_fraction=0.25,
+                                           strong_restarts=1, square_queries=2)
+    f = jax.jit(chex.assert_max_traces(counts, n=1))
     x, y = data.load("fashion_mnist", "test")
-    for rho in (0.0, 0.1, 1.0):
+    for rho in (0.0, 0.1, 1.0):  # a second trace would raise
         current = {**variables, "params": smoothing.smooth_params(variables["params"], rho)}
         f(current, x[:8], y[:8], np.ones(8, np.float32), jnp.array([0.03, 0.06]), jax.random.PRNGKey(0))
-    assert f._cache_size() == 1
 
 
 def test_batch_norm_reestimation_is_the_mean_of_batch_statistics(run_dir):
-    config, model, variables, _ = evaluate.restore(run_dir)
+    config, model, variables, _ = checkpoints.restore_model(run_dir)
     x, _ = data.load("fashion_mnist", "train")
     images = x[:400]
-    recal = evaluate.recalibrate_batch_stats(model, variables, images, batch_size=200)
+    recal = evaluators.recalibrate_batch_stats(model, variables, images, batch_size=200)
     kernel = variables["params"]["stem"]["kernel"]
     means, variances = [], []
     for half in (images[:200], images[200:]):
@@ -96,24 +96,33 @@ def test_batch_norm_reestimation_is_the_mean_of_batch_statistics(run_dir):
     np.testing.assert_allclose(recal["batch_stats"]["stem_bn"]["var"], np.mean(variances, 0), rtol=1e-3, atol=1e-5)
 
 
-def test_clear_errors(run_dir, tmp_path):
-    with pytest.raises(evaluate.EvaluationError, match="no checkpoints in .*train first"):
+def test_clear_errors(run_dir, tmp_path, root, subprocess_env):
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoints in .*train first"):
         evaluate.evaluate(tmp_path, **FAST)
-    with pytest.raises(evaluate.EvaluationError, match="eps values must lie in"):
+    with pytest.raises(ValueError, match="eps values must lie in"):
         evaluate.evaluate(run_dir, **{**FAST, "eps": (0.1, 1.5)})
-    with pytest.raises(evaluate.EvaluationError, match="no convolution kernel matches"):
+    with pytest.raises(ValueError, match="no convolution kernel matches"):
         evaluate.evaluate(run_dir, **{**FAST, "layers": ("^nothing$",)})
-    proc = subprocess.run([sys.executable, "-m", "hfcjax.evaluate", "--workdir", str(run_dir), "--eps", "0.1,2"],
-                          cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "eps values must lie in [0.0, 1.0]" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(ValueError, match="unknown evaluation settings .'step'."):
+        evaluate.evaluate(run_dir, step="latest")
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoint of epoch 7 .* have \\[1\\]"):
+        evaluate.evaluate(run_dir, **{**FAST, "epoch": 7})
+    for args, message in (("--eps=0.1,2", "eps values must lie in [0.0, 1.0]"),
+                          ("--rho=a", "--rho must be comma-separated numbers"),
+                          ("--layers=[", "error: bad regex"),
+                          ("--recalibrate_bn=maybe", "error: flag --recalibrate_bn=maybe")):
+        proc = subprocess.run([sys.executable, "-m", "hfcjax.evaluate", "--workdir", str(run_dir), args],
+                              cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-1000:])
+        assert "Traceback" not in proc.stderr
 
 
-def test_batch_norm_reestimation_compiles_once_across_rhos(run_dir):
-    config, model, variables, _ = evaluate.restore(run_dir)
+def test_batch_norm_reestimation_compiles_once_across_rhos(run_dir, count_compiles):
+    config, model, variables, _ = checkpoints.restore_model(run_dir)
     images = data.load("fashion_mnist", "train")[0][:200]
-    stats_fn = evaluate.make_batch_stats_fn(model)
-    for rho in (0.0, 0.5, 1.0):
-        smoothed = {**variables, "params": smoothing.smooth_params(variables["params"], rho)}
-        evaluate.recalibrate_batch_stats(model, smoothed, images, batch_size=100, stats_fn=stats_fn)
-    assert stats_fn._cache_size() == 1
+    stats_fn = evaluators.make_batch_stats_fn(model)
+    with count_compiles() as compiles:
+        for rho in (0.0, 0.5, 1.0):
+            smoothed = {**variables, "params": smoothing.smooth_params(variables["params"], rho)}
+            evaluators.recalibrate_batch_stats(model, smoothed, images, batch_size=100, stats_fn=stats_fn)
+    assert compiles["batch_stats_of"] == 1

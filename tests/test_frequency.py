@@ -8,27 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from hfcjax import frequency
-
-
-def reference_split(images, radius, inclusive=True):
-    """Section 3.1 literally: per image and channel, fftshift, disk mask, inverse, real part."""
-    images = np.asarray(images, np.float64)
-    low = np.zeros_like(images)
-    high = np.zeros_like(images)
-    n, h, w, c = images.shape
-    ci, cj = h // 2, w // 2
-    mask = np.zeros((h, w))
-    for i in range(h):
-        for j in range(w):
-            d = np.sqrt((i - ci) ** 2 + (j - cj) ** 2)
-            mask[i, j] = d <= radius if inclusive else d < radius
-    for k in range(n):
-        for ch in range(c):
-            z = np.fft.fftshift(np.fft.fft2(images[k, :, :, ch]))
-            low[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(z * mask)))
-            high[k, :, :, ch] = np.real(np.fft.ifft2(np.fft.ifftshift(z * (1 - mask))))
-    return low, high, mask
+from hfcjax import backend, frequency
 
 
 SHAPES = [(3, 32, 32, 3), (2, 28, 28, 1), (2, 31, 17, 2), (1, 224, 224, 3)]
@@ -38,7 +18,7 @@ RADII = [0, 1, 4, 7.5, 8, 12, 16, 40]
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("inclusive", [True, False])
 @pytest.mark.parametrize("method", frequency.SPLIT_METHODS)
-def test_split_matches_numpy_reference(shape, inclusive, method):
+def test_split_matches_numpy_reference(shape, inclusive, method, reference_split):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, shape).astype(np.float32)
     for radius in RADII:
@@ -58,7 +38,7 @@ def test_boundary_conventions_differ_exactly_on_the_circle():
 
 @pytest.mark.parametrize("h,w", [(32, 32), (28, 28), (31, 17)])
 @pytest.mark.parametrize("radius", [0, 3, 8.5, 16])
-def test_radial_mask_matches_reference(h, w, radius):
+def test_radial_mask_matches_reference(h, w, radius, reference_split):
     for inclusive in (True, False):
         _, _, ref = reference_split(np.zeros((1, h, w, 1)), radius, inclusive)
         np.testing.assert_array_equal(frequency.radial_mask(h, w, radius, inclusive=inclusive), ref)
@@ -93,11 +73,11 @@ def test_traced_radius_compiles_once_for_all_radii():
 
 @pytest.mark.parametrize("num_images", [20, 21, 17])
 @pytest.mark.parametrize("method", frequency.SPLIT_METHODS)
-def test_blocked_split_equals_reference(monkeypatch, num_images, method):
+def test_blocked_split_equals_reference(monkeypatch, num_images, method, reference_split):
     # Target 8 images a block: 20 -> blocks of 5, 21 -> 7 (divisors), 17 (prime) -> 8 + a remainder pass.
     image_bytes = 8 * 8 * 2 * 4
-    monkeypatch.setattr(frequency, "CPU_BLOCK_BYTES", 8 * image_bytes)
-    monkeypatch.setattr(frequency.jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(backend, "CPU_SPLIT_BLOCK_BYTES", 8 * image_bytes)
+    monkeypatch.setattr(backend, "is_cpu", lambda: True)
     assert frequency._block_size(num_images, image_bytes) == {20: 5, 21: 7, 17: 8}[num_images]
     images = np.random.default_rng(num_images).uniform(0, 1, (num_images, 8, 8, 2)).astype(np.float32)
     low, high = jax.jit(lambda x: frequency.split(x, 2.5, method=method))(images)
@@ -105,7 +85,7 @@ def test_blocked_split_equals_reference(monkeypatch, num_images, method):
     np.testing.assert_allclose(low, ref_low, atol=2e-5)
     np.testing.assert_allclose(high, ref_high, atol=2e-5)
     assert frequency._block_size(3, image_bytes) == 0  # small batches: one pass
-    monkeypatch.setattr(frequency.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(backend, "is_cpu", lambda: False)
     assert frequency._block_size(num_images, image_bytes) == 0  # accelerators: one pass
 
 

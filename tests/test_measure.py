@@ -3,12 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hfcjax import measure
-from test_frequency import reference_split
 
 
-def test_variant_counts_match_the_reference_split_per_variant():
+def test_variant_counts_match_the_reference_split_per_variant(reference_split):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
     labels = rng.integers(0, 4, 24)
@@ -28,7 +28,8 @@ def test_variant_counts_match_the_reference_split_per_variant():
     assert counts.shape == (1 + 2 * len(radii),)
     np.testing.assert_array_equal(np.asarray(counts), expected)
     assert len(set(expected)) > 1  # the variants really differ
-    assert measure.variant_names(radii) == ["orig", "low_r2", "low_r5", "high_r2", "high_r5"]
+    names = [v.name for v in measure.tracked_variants(radii)]
+    assert names == ["original", "low_r2", "low_r5", "high_r2", "high_r5"]
 
 
 def test_map_unrolled_equals_lax_map():
@@ -36,3 +37,37 @@ def test_map_unrolled_equals_lax_map():
     fn = lambda v: (jnp.sum(v**2), v[::-1])
     for got, want in zip(measure.map_unrolled(fn, stacked), jax.lax.map(fn, stacked)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_metric_names_are_derived_and_read_back_by_lookup():
+    variants = measure.tracked_variants([4.0, 12]) + measure.svd_variants([8])
+    names = [measure.metric_name("test", v) for v in variants]
+    assert names == ["test_acc", "test_low_r4", "test_low_r12", "test_high_r4", "test_high_r12",
+                     "test_dominant_k8", "test_trailing_k8"]
+    records = [measure.flat_metrics({"test": {v: 0.1 * i + e for i, v in enumerate(variants)}}) | {"epoch": e}
+               for e in (1, 2)]
+    curves = measure.series(records, "test", variants)
+    assert curves[measure.high(12)] == [1.4, 2.4]
+    assert measure.accuracies(records[1], "test", [measure.ORIGINAL]) == {measure.ORIGINAL: 2.0}
+    assert measure.low(4) == measure.Variant("low", 4) and measure.low(4).label == "LFC r=4"
+    with pytest.raises(ValueError, match="needs a radius or rank"):
+        measure.Variant("low")
+    with pytest.raises(ValueError, match="unknown split"):
+        measure.metric_name("val", measure.ORIGINAL)
+
+
+def test_figure2_examples_prefer_r12_else_the_radius_with_most():
+    n = 6
+    right = np.ones(n, bool)
+    correct = {measure.ORIGINAL: right}
+    for r in (4.0, 12.0):
+        correct[measure.high(r)] = right
+    correct[measure.low(4.0)] = np.array([0, 0, 0, 1, 1, 1], bool)  # 3 fit at r=4
+    correct[measure.low(12.0)] = np.array([1, 1, 1, 1, 0, 1], bool)  # 1 fits at r=12
+    assert measure.figure2_examples(correct, [4.0, 12.0])[0] == 12.0
+    assert measure.figure2_examples(correct, [4.0, 12.0])[1].tolist() == [4]
+    correct[measure.low(12.0)] = right
+    radius, idx = measure.figure2_examples(correct, [4.0, 12.0])
+    assert radius == 4.0 and idx.tolist() == [0, 1, 2]
+    correct[measure.low(4.0)] = right
+    assert measure.figure2_examples(correct, [4.0, 12.0])[0] is None

@@ -8,15 +8,14 @@ import sys
 
 import pytest
 
-from hfcjax import reproduce
-from test_train import ROOT, SUBPROCESS_ENV, tiny_config
+from hfcjax import checkpoints, reproduce
 
 TINY_EVAL = dict(num_examples=20, batch_size=20, pgd_steps=2, strong_restarts=1, square_queries=5,
                  rhos=(0.0, 1.0), recalibrate_examples=200)
 
 
 @pytest.mark.parametrize("experiment", sorted(reproduce.EXPERIMENTS))
-def test_every_experiment_plans_valid_distinct_runs(experiment):
+def test_every_experiment_plans_valid_distinct_runs(experiment, tiny_config):
     runs = reproduce.plan(experiment, tiny_config())
     names = [name for name, _ in runs]
     assert len(names) == len(set(names)) >= 2
@@ -24,7 +23,7 @@ def test_every_experiment_plans_valid_distinct_runs(experiment):
     assert all(a != b for i, a in enumerate(configs) for b in configs[i + 1:])
 
 
-def test_plan_details_and_errors():
+def test_plan_details_and_errors(tiny_config):
     fig3 = dict(reproduce.plan("fig3", tiny_config(num_epochs=2)))
     assert fig3["shuffle"].num_epochs == 6 and fig3["shuffle"].shuffle_labels
     assert dict(reproduce.plan("fig5", tiny_config()))["adversarial"].adversarial.enabled
@@ -34,7 +33,7 @@ def test_plan_details_and_errors():
         reproduce.plan("table1", tiny_config(), only=["low_r5"])
 
 
-def test_table1_runs_and_reports(tmp_path):
+def test_table1_runs_and_reports(tmp_path, tiny_config):
     out = reproduce.reproduce("table1", tiny_config(num_epochs=1), tmp_path, only=["low_r4", "high_r16"])
     assert [r["run"] for r in out["rows"]] == ["low_r4", "high_r16"]
     report = (tmp_path / "report.md").read_text()
@@ -44,38 +43,38 @@ def test_table1_runs_and_reports(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())[1]["run"] == "high_r16"
 
 
-def test_table2_trains_and_evaluates(tmp_path):
+def test_table2_trains_and_evaluates(tmp_path, tiny_config):
     reproduce.reproduce("table2", tiny_config(num_epochs=1), tmp_path, only=["natural"], eval_options=TINY_EVAL)
     report = (tmp_path / "report.md").read_text()
     assert "### natural" in report and "| rho=1 |" in report
-    assert (tmp_path / "natural" / "eval" / "robustness.json").exists()
+    assert (checkpoints.RunDir(tmp_path / "natural").eval / "robustness.json").exists()
 
 
-def test_cli_runs_an_experiment(tmp_path):
+def test_cli_runs_an_experiment(tmp_path, root, subprocess_env):
     args = [sys.executable, "-m", "hfcjax.reproduce", "--experiment", "fig5", "--only", "vanilla,mixup",
-            "--config", str(ROOT / "configs" / "fashion_mnist_cnn.py"), "--workdir", str(tmp_path),
+            "--config", str(root / "configs" / "fashion_mnist_cnn.py"), "--workdir", str(tmp_path),
             "--config.train_subset=200", "--config.test_subset=100", "--config.eval_train_subset=100",
             "--config.num_epochs=1", "--config.batch_size=50", "--config.eval_batch_size=100"]
-    proc = subprocess.run(args, cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(args, cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| mixup | 1 |" in (tmp_path / "report.md").read_text()
-    bad = subprocess.run(args[:4] + ["table9"] + args[5:], cwd=ROOT, env=SUBPROCESS_ENV, capture_output=True,
+    bad = subprocess.run(args[:4] + ["table9"] + args[5:], cwd=root, env=subprocess_env, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode != 0 and "table9" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_notebook_executes(tmp_path):
+def test_notebook_executes(tmp_path, root):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(ROOT / "notebooks" / "hfcjax_colab.ipynb", as_version=4)
+    nb = nbformat.read(root / "notebooks" / "hfcjax_colab.ipynb", as_version=4)
     os.environ["HFCJAX_NOTEBOOK_WORKDIR"] = str(tmp_path / "run")
     os.environ["HFCJAX_NOTEBOOK_TINY"] = "1"
     try:
         nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT)}}).execute()
+                                resources={"metadata": {"path": str(root)}}).execute()
     finally:
         os.environ.pop("HFCJAX_NOTEBOOK_WORKDIR")
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
-    assert (tmp_path / "run" / "eval" / "robustness.md").exists()
+    assert (checkpoints.RunDir(tmp_path / "run").eval / "robustness.md").exists()

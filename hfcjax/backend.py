@@ -1,0 +1,77 @@
+"""Every backend- or platform-dependent choice hfcjax makes, in one place, with its reason.
+
+The numerics (`frequency`, `attacks`, `measure`) ask this module instead of testing
+``jax.default_backend()`` themselves, so a new platform (TPU, a faster XLA:CPU) is tuned
+here and nowhere else. The measurements behind each choice are in docs/benchmarks.md;
+this module states only what is chosen and why.
+
+Importing this module imports no JAX: `use_huge_pages` must run before anything heavy.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Dict, Optional
+
+HUGE_PAGE_MALLOC = "glibc.malloc.hugetlb=1"
+
+# Choice 1 (frequency.split): on a CPU, large batches go through the split in blocks of about
+# this many bytes, which keeps x, low and high in cache; the transform is memory-bound there.
+# Accelerators run one pass over the whole batch.
+CPU_SPLIT_BLOCK_BYTES = 4 << 20
+
+
+def is_cpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def split_block_bytes() -> int:
+    """Bytes of images per block of `frequency.split`; 0 means one pass over everything."""
+    return CPU_SPLIT_BLOCK_BYTES if is_cpu() else 0
+
+
+def pgd_unroll():
+    """Choice 2 (attacks.pgd): how far to unroll PGD's step loop when the caller does not say.
+
+    Every step on a CPU: inside a rolled loop XLA:CPU keeps part of the backward convolutions
+    out of its fused kernels, which made PGD take 2-3x the time of its forward+backward
+    passes. One on accelerators, where rolled and unrolled loops ran alike and rolling
+    compiles faster.
+    """
+    return True if is_cpu() else 1
+
+
+def eval_compiler_options() -> Optional[Dict[str, str]]:
+    """Choice 3: XLA options for evaluation's attack grid and prediction report.
+
+    On a CPU the memory-optimized scheduler: their unrolled, independent passes (PGD steps
+    for several eps, restarts, many variants) otherwise get buffers for many passes at
+    once (tens of GB for the Table-2 grid). The per-epoch LFC/HFC tracking in training
+    keeps the default scheduler, which ran its passes faster. Accelerators: defaults.
+    """
+    return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"} if is_cpu() else None
+
+
+def use_huge_pages() -> None:
+    """Choice 4 (entry points): restart this process once with glibc's malloc asking for
+    transparent huge pages.
+
+    XLA:CPU allocates every large buffer with malloc, which maps fresh 4 KiB pages; huge
+    pages make the memory-bound parts (the split, big copies) markedly faster. glibc reads
+    the setting only at start-up, hence the restart, done before anything heavy is imported.
+    Nothing happens off Linux/glibc, when GLIBC_TUNABLES is already set (the user's choice
+    wins), or with HFCJAX_HUGE_PAGES=0.
+    """
+    if "GLIBC_TUNABLES" in os.environ or os.environ.get("HFCJAX_HUGE_PAGES", "1") == "0":
+        return
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return
+    argv = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
+    os.environ["GLIBC_TUNABLES"] = HUGE_PAGE_MALLOC
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *argv[1:]])

@@ -1,0 +1,311 @@
+"""Evaluators in big_vision's sense: built from settings around an ``apply_fn(variables,
+images) -> logits``, each `run(variables, images, labels)` returns structured results.
+
+* `RobustnessEvaluator`: clean, FGSM and PGD at every eps, a stronger PGD with random
+  restarts and the gradient-free Square attack at the largest eps, and the per-example
+  worst case, with gradient-masking warnings. `smoothing_grid` runs it for every rho of
+  Eq. 3 (and with BatchNorm statistics re-estimated) and gives the Table-2 rows;
+  `robustness_columns` says how those rows look as JSON, CSV and Markdown.
+* `FrequencyEvaluator`: accuracy on the LFC/HFC at every radius and on Section 8's SVD
+  parts, and the predictions behind Figure 2, as a `FrequencyReport`.
+
+Nothing here knows a run directory or a config file: `apply_fn` may wrap any model (the
+variables are jit arguments, so a rho grid compiles once; pass ``{}`` for a closed-over
+model), and images are uint8 ``[N, H, W, C]`` arrays with integer labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hfcjax import attacks, backend, data, frequency, measure, models, reports, sharding, smoothing
+
+ApplyFn = Callable[[Any, jnp.ndarray], jnp.ndarray]
+Log = Callable[[str], None]
+
+
+def _batched(images, labels, batch_size, mesh_sharding):
+    """Padded, sharded batches of an evaluation set: (index, images, labels, mask)."""
+    for b, (x, y, m) in enumerate(data.batches(images, labels, batch_size, shuffle=False, drop_remainder=False)):
+        yield (b, *sharding.global_batch(mesh_sharding, x, y, m))
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def make_attack_counts(apply_fn: ApplyFn, *, pgd_steps: int, pgd_step_fraction: float, strong_restarts: int,
+                       square_queries: int, unroll: int | bool | None = None):
+    """(variables, images_u8, labels, mask, eps[E], key) -> correct counts: clean, FGSM[E],
+    PGD[E], strong PGD at max eps, Square at max eps, worst case at max eps."""
+
+    def counts(variables, images_u8, labels, mask, eps, key):
+        logits_fn = lambda z: apply_fn(variables, z)
+        x = measure.to_unit(images_u8)
+
+        def correct(images):
+            return jnp.argmax(logits_fn(images), -1) == labels
+
+        def per_eps(e):
+            adv_fgsm = attacks.fgsm(logits_fn, x, labels, e)
+            adv_pgd = attacks.pgd(logits_fn, x, labels, e, step_size=e * pgd_step_fraction, steps=pgd_steps,
+                                  unroll=unroll)
+            return correct(adv_fgsm), correct(adv_pgd)
+
+        fgsm_ok, pgd_ok = jax.vmap(per_eps)(eps)  # [E, B]
+        e_max = eps[-1]
+        strong_key, square_key = jax.random.split(key)
+        strong_ok = correct(attacks.pgd(logits_fn, x, labels, e_max, step_size=e_max * pgd_step_fraction,
+                                        steps=2 * pgd_steps, random_start=True, key=strong_key,
+                                        restarts=strong_restarts, unroll=unroll))
+        square_ok = (correct(attacks.square(logits_fn, x, labels, e_max, key=square_key, queries=square_queries))
+                     if square_queries > 0 else jnp.ones_like(strong_ok))
+        # Worst case per example at the largest eps: robust only if every attack failed.
+        survived = fgsm_ok[-1] & pgd_ok[-1] & strong_ok & square_ok
+        count = lambda ok: jnp.sum(ok * mask, axis=-1)
+        return {"clean": count(correct(x)), "fgsm": count(fgsm_ok), "pgd": count(pgd_ok),
+                "pgd_strong": count(strong_ok), "square": count(square_ok), "worst_case": count(survived)}
+
+    return counts
+
+
+def sanity_warnings(row: Mapping, eps: Sequence[float], n: int) -> List[str]:
+    """Gradient-masking checks (Carlini et al. 2019): each failure is a warning."""
+    tol = max(3.0 / n, 0.01)  # random starts move a few examples either way
+    warn = []
+    for e, f, p in zip(eps, row["fgsm"], row["pgd"]):
+        if p > f + tol:
+            warn.append(f"PGD ({p:.3f}) is weaker than FGSM ({f:.3f}) at eps={e:g}")
+    if any(b > a + tol for a, b in zip(row["pgd"], row["pgd"][1:])):
+        warn.append("PGD accuracy rises with eps")
+    if row["pgd"][-1] > 0.1 and row["pgd"][-1] >= 0.8 * row["pgd"][0]:
+        warn.append(f"PGD accuracy is almost flat in eps ({row['pgd'][0]:.3f} -> {row['pgd'][-1]:.3f}): "
+                    "possible gradient masking")
+    if row["pgd_strong"] > row["pgd"][-1] + tol:
+        warn.append("more PGD steps and restarts raised accuracy")
+    if row["square"] is not None and row["square"] < min(row["pgd_strong"], row["pgd"][-1]) - tol:
+        warn.append(f"the gradient-free Square attack ({row['square']:.3f}) beats PGD ({row['pgd'][-1]:.3f}): "
+                    "PGD's gradients are masked, its accuracy overstates robustness")
+    return warn
+
+
+class RobustnessEvaluator:
+    """Accuracy under FGSM/PGD at every eps and the masking referees at the largest eps.
+
+    One compiled function serves every call: variables and eps are its arguments.
+    """
+
+    def __init__(self, apply_fn: ApplyFn, *, eps: Sequence[float], pgd_steps: int = 20,
+                 pgd_step_fraction: float = 0.125, strong_restarts: int = 3, square_queries: int = 300,
+                 batch_size: int = 200, seed: int = 0, log: Log = print):
+        self.eps, self.square_queries, self.seed, self.log = list(eps), square_queries, seed, log
+        self.mesh = sharding.make_mesh()
+        self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
+        repl, self.batch_sh = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
+        self.counts = jax.jit(
+            make_attack_counts(apply_fn, pgd_steps=pgd_steps, pgd_step_fraction=pgd_step_fraction,
+                               strong_restarts=strong_restarts, square_queries=square_queries),
+            in_shardings=(repl, self.batch_sh, self.batch_sh, self.batch_sh, repl, repl), out_shardings=repl,
+            compiler_options=backend.eval_compiler_options())
+
+    def run(self, variables, images_u8: np.ndarray, labels: np.ndarray, name: str = "model") -> Dict[str, Any]:
+        """{clean, fgsm[E], pgd[E], pgd_strong, square (None when off), worst_case, seconds,
+        warnings}: accuracies over `images_u8`, progress logged with an ETA."""
+        eps = jnp.asarray(np.asarray(self.eps, np.float32))
+        n, start, total = len(images_u8), time.time(), None
+        for b, x, y, m in _batched(images_u8, labels, self.batch_size, self.batch_sh):
+            counts = self.counts(variables, x, y, m, eps, jax.random.PRNGKey(self.seed + b))
+            total = jax.block_until_ready(counts if total is None else jax.tree.map(jnp.add, total, counts))
+            done = min((b + 1) * self.batch_size, n)
+            rate = done / (time.time() - start)
+            self.log(f"  {name}: {done}/{n} images | {rate:,.1f} img/s | ETA {(n - done) / max(rate, 1e-9):.0f}s")
+        acc = jax.tree.map(lambda v: np.asarray(v, np.float64) / n, jax.device_get(total))
+        row = {"clean": float(acc["clean"]), "fgsm": acc["fgsm"].tolist(), "pgd": acc["pgd"].tolist(),
+               "pgd_strong": float(acc["pgd_strong"]),
+               "square": float(acc["square"]) if self.square_queries else None,
+               "worst_case": float(acc["worst_case"]), "seconds": round(time.time() - start, 2)}
+        row["warnings"] = sanity_warnings(row, self.eps, n)
+        for w in row["warnings"]:
+            self.log(f"  warning [{name}]: {w}")
+        return row
+
+
+def smoothing_grid(evaluator: RobustnessEvaluator, variables, images_u8, labels, *, rhos: Sequence[float],
+                   layers: Sequence[str] = smoothing.DEFAULT_LAYERS,
+                   recalibrate: Optional[Callable[[Dict], Dict]] = None) -> Tuple[List[Dict], Dict[str, np.ndarray]]:
+    """Table 2: the evaluator's row for the first-layer kernels smoothed with every rho
+    (Eq. 3), then, with `recalibrate` (variables -> variables with re-estimated BatchNorm
+    statistics), the same rows after re-estimation. Returns (rows, {name: kernel}) where
+    each row adds name, rho, bn_reestimated and the kernel's roughness."""
+    smoothing.selected_paths(variables["params"], layers)  # a clear error before any work
+    rows, kernels = [], {}
+    for recal in (False, True) if recalibrate else (False,):
+        for rho in rhos:
+            current = {**variables, "params": smoothing.smooth_params(variables["params"], rho, layers=layers)}
+            if recal:
+                current = recalibrate(current)
+            name = f"rho={rho:g}" + (" (BN re-estimated)" if recal else "")
+            kernel = np.asarray(jax.device_get(smoothing.first_kernel(current["params"], layers)))
+            row = evaluator.run(current, images_u8, labels, name)
+            rows.append({"name": name, "rho": rho, "bn_reestimated": recal, **row,
+                         "roughness": float(smoothing.roughness(kernel))})
+            if not recal:
+                kernels[name] = kernel
+    return rows, kernels
+
+
+def robustness_columns(eps: Sequence[float], square: bool) -> List[reports.Column]:
+    """How Table-2 rows look in robustness.csv (every value) and robustness.md."""
+    e = eps[-1]
+    return ([reports.field("name", "model", "model", fmt=str), reports.field("rho"), reports.field("bn_reestimated"),
+             reports.field("clean", "clean")]
+            + [reports.field("fgsm", f"FGSM {v:g}", f"fgsm_{v:g}", index=i) for i, v in enumerate(eps)]
+            + [reports.field("pgd", f"PGD {v:g}", f"pgd_{v:g}", index=i) for i, v in enumerate(eps)]
+            + [reports.field("pgd_strong", f"PGD-strong {e:g}"),
+               reports.field("square", f"Square {e:g}" if square else None),
+               reports.field("worst_case", f"worst case {e:g}"), reports.field("roughness", "roughness")])
+
+
+# --------------------------------------------------------------------------- BatchNorm re-estimation
+
+
+def make_batch_stats_fn(model):
+    """Jitted (params, batch_stats, images_u8) -> this batch's BatchNorm means and variances."""
+
+    @jax.jit
+    def batch_stats_of(params, stats, x):
+        zeros = jax.tree.map(jnp.zeros_like, stats)
+        _, updates = model.apply({"params": params, "batch_stats": zeros}, measure.to_unit(x), train=True,
+                                 mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+        return jax.tree.map(lambda v: v / (1.0 - models.BN_MOMENTUM), updates["batch_stats"])
+
+    return batch_stats_of
+
+
+def recalibrate_batch_stats(model, variables, images_u8: np.ndarray, batch_size: int = 200, stats_fn=None):
+    """Re-estimates BatchNorm statistics on `images_u8` for (e.g. smoothed) parameters:
+    the mean over batches of each batch's mean and variance, as used in training mode.
+    Pass one `stats_fn` (make_batch_stats_fn) for many calls so it compiles once."""
+    batch_stats_of = stats_fn or make_batch_stats_fn(model)
+    total, n = None, 0
+    for x, _, _ in data.batches(images_u8, np.zeros(len(images_u8), np.int32), batch_size, shuffle=False):
+        stats = batch_stats_of(variables["params"], variables["batch_stats"], x)
+        total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+        n += 1
+    if n == 0:
+        raise ValueError(f"need at least {batch_size} training images to re-estimate BatchNorm statistics.")
+    return {**variables, "batch_stats": jax.tree.map(lambda v: v / n, total)}
+
+
+# --------------------------------------------------------------------------- frequency
+
+
+def make_predictions(apply_fn: ApplyFn, inclusive: bool):
+    """(variables, images_u8, radii[R], ranks) -> predicted class and confidence ``[V, B]``
+    for `measure.tracked_variants(radii) + measure.svd_variants(ranks)`, in that order."""
+
+    def predict(variables, images_u8, radii, ranks: Sequence[int]):
+        x = measure.to_unit(images_u8)
+        low, high = jax.vmap(lambda r: frequency.split(x, r, inclusive=inclusive))(radii)
+        parts = [frequency.svd_split(x, k) for k in ranks]
+        variants = [x[None], low, high]
+        if parts:
+            variants += [jnp.stack([p[0] for p in parts]), jnp.stack([p[1] for p in parts])]
+
+        def one(v):
+            probs = jax.nn.softmax(apply_fn(variables, v))
+            return jnp.argmax(probs, -1), jnp.max(probs, -1)
+
+        return measure.map_unrolled(one, jnp.concatenate(variants))
+
+    return predict
+
+
+@dataclasses.dataclass
+class FrequencyReport:
+    """Per variant (`measure.Variant`): each image's prediction, confidence and correctness."""
+
+    radii: List[float]
+    ranks: List[int]
+    labels: np.ndarray
+    predictions: Dict[measure.Variant, np.ndarray]
+    confidences: Dict[measure.Variant, np.ndarray]
+
+    @property
+    def correct(self) -> Dict[measure.Variant, np.ndarray]:
+        return {v: p == self.labels for v, p in self.predictions.items()}
+
+    @property
+    def accuracy(self) -> Dict[measure.Variant, float]:
+        return {v: float(c.mean()) for v, c in self.correct.items()}
+
+    def figure2_counts(self) -> Dict[float, int]:
+        """Per radius: images right on x and its HFC, wrong on its LFC (Figure 2's pattern)."""
+        return {r: int(measure.story_mask(self.correct, measure.high(r), measure.low(r)).sum()) for r in self.radii}
+
+    def svd_counts(self) -> Dict[int, int]:
+        """Per rank: right on x and the trailing part, wrong on the dominant part."""
+        return {k: int(measure.story_mask(self.correct, measure.Variant("trailing", k),
+                                          measure.Variant("dominant", k)).sum()) for k in self.ranks}
+
+    def summary(self) -> Dict[str, Dict[str, Any]]:
+        """JSON form: accuracy by variant name, Figure-2 counts by r<radius>, SVD counts by k<rank>."""
+        return {"accuracy": {v.name: a for v, a in self.accuracy.items()},
+                "figure2_count": {f"r{r:g}": c for r, c in self.figure2_counts().items()},
+                "svd_count": {f"k{k}": c for k, c in self.svd_counts().items()}}
+
+    def markdown(self) -> str:
+        acc, story, svd = self.accuracy, self.figure2_counts(), self.svd_counts()
+        freq = reports.markdown_table(
+            ["split", *(f"r={r:g}" for r in self.radii)],
+            [["LFC accuracy", *(acc[measure.low(r)] for r in self.radii)],
+             ["HFC accuracy", *(acc[measure.high(r)] for r in self.radii)],
+             ["Figure-2 count (right on x and HFC, wrong on LFC)", *(str(story[r]) for r in self.radii)]])
+        parts = [freq]
+        if self.ranks:
+            parts.append(reports.markdown_table(
+                ["SVD split", *(f"k={k}" for k in self.ranks)],
+                [["dominant accuracy", *(acc[measure.Variant("dominant", k)] for k in self.ranks)],
+                 ["trailing accuracy", *(acc[measure.Variant("trailing", k)] for k in self.ranks)],
+                 ["count (right on x and trailing, wrong on dominant)", *(str(svd[k]) for k in self.ranks)]]))
+        parts.append(f"clean accuracy {acc[measure.ORIGINAL]:.3f} on {len(self.labels)} test images")
+        return "\n\n".join(parts)
+
+    def figure2_rows(self, indices: Sequence[int], radius: float) -> List[Dict]:
+        """What `plots.hfc_story` prints under each image: label, and per original/low/high
+        the predicted class and confidence."""
+        keys = {"original": measure.ORIGINAL, "low": measure.low(radius), "high": measure.high(radius)}
+        return [{"label": int(self.labels[i]),
+                 **{k: (int(self.predictions[v][i]), float(self.confidences[v][i])) for k, v in keys.items()}}
+                for i in indices]
+
+
+class FrequencyEvaluator:
+    """Predictions on the original images, their LFC/HFC at every radius and their SVD parts."""
+
+    def __init__(self, apply_fn: ApplyFn, *, radii: Sequence[float], ranks: Sequence[int] = (),
+                 inclusive: bool = True, batch_size: int = 200):
+        self.radii, self.ranks, self.batch_size = [float(r) for r in radii], [int(k) for k in ranks], batch_size
+        self.predict = jax.jit(make_predictions(apply_fn, inclusive), static_argnums=3,
+                               compiler_options=backend.eval_compiler_options())
+
+    def run(self, variables, images_u8: np.ndarray, labels: np.ndarray) -> FrequencyReport:
+        """Ranks larger than the images allow are left out."""
+        max_rank = min(images_u8.shape[1:3])
+        ranks = [k for k in self.ranks if k <= max_rank]
+        variants = measure.tracked_variants(self.radii) + measure.svd_variants(ranks)
+        radii = jnp.asarray(self.radii, jnp.float32)
+        preds, confs = [], []
+        for x, _, m in data.batches(images_u8, labels, self.batch_size, shuffle=False, drop_remainder=False):
+            p, c = self.predict(variables, x, radii, tuple(ranks))
+            keep = m > 0
+            preds.append(np.asarray(p)[:, keep])
+            confs.append(np.asarray(c)[:, keep])
+        preds, confs = np.concatenate(preds, 1), np.concatenate(confs, 1)
+        return FrequencyReport(self.radii, ranks, np.asarray(labels), dict(zip(variants, preds)),
+                               dict(zip(variants, confs)))

@@ -1,0 +1,111 @@
+"""Files people read: rows -> JSON / CSV / Markdown from one column description, and the
+one atomic-write helper every writer of hfcjax uses.
+
+A `Column` says once how a row's value is named and formatted in each format, so the
+three renderings of a table cannot drift apart. Every file is written to a temporary
+name beside the target and renamed over it, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+Row = Mapping[str, Any]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; renames it over `path` when the block ends
+    without an exception (and removes it otherwise). Creates the parent folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write(path: Union[str, Path], content: Union[str, bytes]) -> Path:
+    """Writes `content` (text or bytes) to `path` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
+    return Path(path)
+
+
+def write_json(path: Union[str, Path], value: Any) -> Path:
+    return atomic_write(path, json.dumps(value, indent=2) + "\n")
+
+
+def fmt3(value: Any) -> str:
+    """Floats with 3 decimals, everything else as str (None as an empty cell)."""
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of a table: its Markdown header, its CSV header and how to get and
+    format a row's value. ``markdown=None`` or ``csv=None`` leaves it out of that format."""
+
+    markdown: Optional[str]
+    csv: Optional[str]
+    value: Callable[[Row], Any]
+    fmt: Callable[[Any], str] = fmt3
+
+
+def field(name: str, markdown: Optional[str] = None, csv_name: Optional[str] = "", index: Optional[int] = None,
+          fmt: Callable[[Any], str] = fmt3) -> Column:
+    """A column reading ``row[name]`` (or ``row[name][index]``); the CSV header defaults
+    to `name` and the Markdown header to `markdown` (None: not in Markdown)."""
+    get = (lambda r: r[name]) if index is None else (lambda r: r[name][index])
+    return Column(markdown, name if csv_name == "" else csv_name, get, fmt)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub Markdown table; cells are formatted with `fmt3` unless already strings."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(c if isinstance(c, str) else fmt3(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(rows: Sequence[Row], columns: Sequence[Column]) -> str:
+    shown = [c for c in columns if c.markdown is not None]
+    return markdown_table([c.markdown for c in shown], [[c.fmt(c.value(r)) for c in shown] for r in rows])
+
+
+def render_csv(rows: Sequence[Row], columns: Sequence[Column]) -> str:
+    """CSV with full-precision values (None as an empty cell)."""
+    shown = [c for c in columns if c.csv is not None]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([c.csv for c in shown])
+    for r in rows:
+        writer.writerow(["" if c.value(r) is None else c.value(r) for c in shown])
+    return buf.getvalue()
+
+
+def write_table(directory: Union[str, Path], stem: str, rows: Sequence[Row], columns: Sequence[Column],
+                json_value: Any) -> str:
+    """Writes DIR/STEM.json (`json_value`), DIR/STEM.csv and DIR/STEM.md from `rows` and
+    `columns`; returns the Markdown table."""
+    directory = Path(directory)
+    table = render_markdown(rows, columns)
+    write_json(directory / f"{stem}.json", json_value)
+    atomic_write(directory / f"{stem}.csv", render_csv(rows, columns))
+    atomic_write(directory / f"{stem}.md", table + "\n")
+    return table
