@@ -105,20 +105,18 @@ def main():
             for _ in range(args.steps):
                 state, totals = trainer.train_step(state, totals, x, y)
             jax.block_until_ready(totals)
-        totals = op_times(trace_dir)
-    total = sum(totals.values())
+        times = op_times(trace_dir)
+    total = sum(times.values())
+    ops = [[name, f"{us / 1e3 / args.steps:,.1f}", f"{us / total:.1%}"] for name, us in times.most_common(12)]
     lines = [f"Profile of the ResNet-18 train step, batch {args.batch}, {args.dtype}; {machine()}", "",
-             "| op kind | op time per step, ms (summed over threads) | share |", "|---|---|---|"]
-    for name, us in totals.most_common(12):
-        lines.append(f"| {name} | {us / 1e3 / args.steps:,.1f} | {us / total:.1%} |")
-    lines.append(f"| all ops | {total / 1e3 / args.steps:,.1f} | 100% |")
+             reports.markdown_table(["op kind", "op time per step, ms (summed over threads)", "share"],
+                                    ops + [["all ops", f"{total / 1e3 / args.steps:,.1f}", "100%"]])]
     if args.convs:
+        convs = [[name, f"{j_f * 1e3:.0f}", f"{t_f * 1e3:.0f}", f"{j_f / t_f:.2f}", f"{j_b * 1e3:.0f}",
+                  f"{t_b * 1e3:.0f}", f"{j_b / t_b:.2f}"] for name, j_f, j_b, t_f, t_b in conv_rows(args.batch)]
         lines += ["", f"One 3x3 convolution per ResNet-18 stage, batch {args.batch}, float32 (ms; ratio = JAX / PyTorch):",
-                  "", "| activation | JAX fwd | PyTorch fwd | ratio | JAX fwd+bwd | PyTorch fwd+bwd | ratio |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, j_f, j_b, t_f, t_b in conv_rows(args.batch):
-            lines.append(f"| {name} | {j_f * 1e3:.0f} | {t_f * 1e3:.0f} | {j_f / t_f:.2f} | {j_b * 1e3:.0f} | "
-                         f"{t_b * 1e3:.0f} | {j_b / t_b:.2f} |")
+                  "", reports.markdown_table(["activation", "JAX fwd", "PyTorch fwd", "ratio", "JAX fwd+bwd",
+                                              "PyTorch fwd+bwd", "ratio"], convs)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

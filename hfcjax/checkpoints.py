@@ -19,7 +19,6 @@ count lives inside the `train` item.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -36,38 +35,24 @@ ITEMS = (MODEL, TRAIN, CONFIG, HISTORY)
 BEST_METRIC = measure.metric_name("test", measure.ORIGINAL)  # the best checkpoint has the highest test accuracy
 
 
+def _best_metric(metrics) -> float:
+    return metrics[BEST_METRIC]
+
+
 class CheckpointError(RuntimeError):
     """A run directory holds no usable checkpoint for what was asked; the message says what to do."""
 
 
-@dataclasses.dataclass(frozen=True)
 class RunDir:
     """The paths of one run directory."""
 
-    root: Path
-
     def __init__(self, root: Union[str, Path]):
-        object.__setattr__(self, "root", Path(root))
-
-    @property
-    def checkpoints(self) -> Path:
-        return (self.root / "checkpoints").absolute()
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def events(self) -> Path:
-        return self.root / "events"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
+        self.root = Path(root)
+        self.checkpoints = (self.root / "checkpoints").absolute()  # orbax wants an absolute path
+        self.metrics = self.root / "metrics.jsonl"
+        self.events = self.root / "events"
+        self.figures = self.root / "figures"
+        self.eval = self.root / "eval"
 
     def epoch_dirs(self) -> List[Path]:
         """The finished checkpoint folders, oldest first."""
@@ -87,7 +72,7 @@ class TrainingCheckpoints:
     def __init__(self, workdir, keep: int):
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=keep),
-            pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1),
+            pp.BestN(get_metric_fn=_best_metric, n=1),
         ])
         options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
         self.directory = RunDir(workdir).checkpoints
@@ -120,8 +105,12 @@ class TrainingCheckpoints:
 def _choose(manager, directory: Path, which: Union[str, int]) -> int:
     if str(which) == "latest":
         chosen = manager.latest_step()
-    elif str(which) == "best":
-        chosen = manager.best_step()
+    elif str(which) == "best":  # by the history's test accuracy (works for every checkpoint ever written)
+        chosen = manager.latest_step()
+        if chosen is not None:
+            history = manager.restore(chosen, args=ocp.args.Composite(**{HISTORY: ocp.args.JsonRestore()}))[HISTORY]
+            accuracy = {r["epoch"]: r[BEST_METRIC] for r in history}
+            chosen = max(manager.all_steps(), key=lambda e: (accuracy.get(e, float("-inf")), e))
     else:
         chosen = int(which)
         if chosen not in manager.all_steps():
@@ -138,7 +127,7 @@ def restore_model(workdir, which: Union[str, int] = "latest") -> Tuple[ml_collec
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoints in {directory}: train first with "
                               f"`python -m hfcjax.main --config ... --workdir {workdir}`.")
-    manager = ocp.CheckpointManager(directory, item_names=(MODEL, CONFIG),
+    manager = ocp.CheckpointManager(directory, item_names=(MODEL, CONFIG, HISTORY),
                                     options=ocp.CheckpointManagerOptions(read_only=True, create=False))
     try:
         epoch = _choose(manager, directory, which)

@@ -83,7 +83,7 @@ def final_row(name: str, history: Sequence[Dict], radii) -> Dict:
     """The report's row of one run: its last epoch's accuracies and the time it took."""
     last = history[-1]
     test = measure.accuracies(last, "test", measure.tracked_variants(radii))
-    row = {"run": name, "epochs": last["epoch"], "train acc (own inputs)": last["batch_acc"],
+    row = {"run": name, "epochs": last["epoch"], "train acc (own inputs)": last[train.BATCH_ACCURACY],
            "train acc": measure.accuracies(last, "train", [measure.ORIGINAL])[measure.ORIGINAL],
            "test acc": test[measure.ORIGINAL]}
     for r in radii:

@@ -27,6 +27,7 @@ from hfcjax import (attacks, checkpoints, config as config_lib, data, frequency,
                     writers)
 
 NO_BAD_STEP = np.iinfo(np.int32).max
+BATCH_ACCURACY = "batch_acc"  # metrics.jsonl: accuracy on the (augmented) batches trained on, over the epoch
 
 
 class TrainingError(RuntimeError):
@@ -167,14 +168,14 @@ def eval_step(variables, images_u8, labels, mask, radii, *, model, inclusive: bo
 
 
 def summarize(totals, epoch: int) -> Dict[str, float]:
-    """Host-side {loss, batch_acc} of the totals; stops the run at the first non-finite loss."""
+    """Host-side {loss, BATCH_ACCURACY} of the totals; stops the run at the first non-finite loss."""
     if int(totals["bad_step"]) != NO_BAD_STEP:
         raise TrainingError(
             f"the loss became NaN or inf at step {int(totals['bad_step'])} (epoch {epoch}); the run stopped and no "
             "checkpoint of this state was written. Lower config.learning_rate or check the inputs, then rerun: "
             "training resumes from the last good epoch.")
     count = max(int(totals["count"]), 1)
-    return {"loss": float(totals["loss_sum"]) / count, "batch_acc": float(totals["correct"]) / count}
+    return {"loss": float(totals["loss_sum"]) / count, BATCH_ACCURACY: float(totals["correct"]) / count}
 
 
 def log(message: str) -> None:
@@ -275,7 +276,8 @@ class Trainer:
         state, history = self.resume(ckpt)
         writer = writers.create_default_writer(self.run_dir.metrics, self.run_dir.events, history,
                                                just_logging=jax.process_index() != 0, log=log,
-                                               console_keys=("train_acc", "test_acc", "train_seconds", "eval_seconds"))
+                                               console_keys=(*(measure.metric_name(s, measure.ORIGINAL) for s in measure.SPLITS),
+                                                             "train_seconds", "eval_seconds"))
         if not history:
             writer.write_hparams(c.to_dict())
         progress = writers.ReportProgress(num_epochs=c.num_epochs, steps_per_epoch=self.steps_per_epoch,
