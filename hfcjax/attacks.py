@@ -7,6 +7,10 @@ scalars, so one compiled function can sweep several eps values with `jax.vmap`.
 Each example's result depends only on that example: the loss is a sum over the
 batch, so its gradient for one image ignores the others (as long as `logits_fn` is
 per-example, i.e. BatchNorm uses running averages).
+
+Inputs are checked where that is cheap: `labels` must be one integer per image; a concrete
+`eps` must be finite and >= 0, and concrete labels must lie in [0, classes) (the number of
+classes from the logits' shape). Traced values (inside jit/vmap) are not checked.
 """
 
 from __future__ import annotations
@@ -15,11 +19,30 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from hfcjax import backend
+from hfcjax import backend, frequency
 
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
+
+
+def check_inputs(logits_fn: LogitsFn, images, labels, eps=0.0) -> None:
+    """Raises ValueError for labels that are not one per image, a concrete eps < 0 or not
+    finite, or concrete labels outside the logits' classes."""
+    if not frequency.is_traced(eps):
+        value = np.asarray(eps, np.float64)
+        if not np.all(np.isfinite(value)) or np.any(value < 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}.")
+    if jnp.ndim(labels) != 1 or jnp.shape(labels)[0] != jnp.shape(images)[0]:
+        raise ValueError(f"labels must be one integer per image, shape [{jnp.shape(images)[0]}]; "
+                         f"got shape {tuple(jnp.shape(labels))}.")
+    if not frequency.is_traced(labels) and not frequency.is_traced(images):
+        classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(jnp.shape(images), jnp.result_type(images))).shape[-1]
+        values = np.asarray(labels)
+        if values.size and (values.min() < 0 or values.max() >= classes):
+            raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs; "
+                             f"got values from {values.min()} to {values.max()}.")
 
 
 def _loss_sum(logits_fn: LogitsFn, images, labels):
@@ -39,6 +62,7 @@ def _project(x, images, eps):
 
 def fgsm(logits_fn: LogitsFn, images, labels, eps):
     """Fast gradient sign method: clip01(x + eps * sign(grad))."""
+    check_inputs(logits_fn, images, labels, eps)
     grad = input_gradient(logits_fn, images, labels)
     return _project(images + eps * jnp.sign(grad), images, eps)
 
@@ -63,6 +87,7 @@ def pgd(
     highest loss is kept per example. `unroll` is passed to `lax.fori_loop`; the default
     (None) is `backend.pgd_unroll()` (every step on a CPU, none on accelerators).
     """
+    check_inputs(logits_fn, images, labels, eps)
     if unroll is None:
         unroll = backend.pgd_unroll()
     if steps < 0 or restarts < 1:
@@ -122,6 +147,7 @@ def square(
     logits, so it is the referee for gradient masking: a model that resists PGD but not
     this attack masks its gradients. The square side shrinks on the schedule of the paper.
     """
+    check_inputs(logits_fn, images, labels, eps)
     n, height, width, channels = images.shape
     key, init_key = jax.random.split(key)
     stripes = jax.random.choice(init_key, jnp.array([-1.0, 1.0]), (n, 1, width, channels))

@@ -12,15 +12,27 @@ are the way in. A run directory holds
                         config  the training config as JSON
                         history the metric records up to epoch N as JSON
     eval/             written by hfcjax.evaluate
+    .hfcjax.lock      the training run that owns the directory (host, pid), while it runs
+    corrupt_checkpoints/  checkpoints that failed verification, moved aside on resume
 
 Checkpoints are numbered by epoch (orbax calls that number a step); the optimizer step
-count lives inside the `train` item.
+count lives inside the `train` item. Every checkpoint folder also holds `hfcjax_sha256.json`,
+the size and sha256 of each of its files, verified before anything is restored: a corrupt or
+incomplete checkpoint never produces numbers, and resume and evaluation fall back to the
+newest intact one, saying so. Saves are synchronous, so a failed save stops the run at once.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +40,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from hfcjax import data, measure, models
+from hfcjax import data, measure, models, reports
 
 MODEL, TRAIN, CONFIG, HISTORY = "model", "train", "config", "history"
 ITEMS = (MODEL, TRAIN, CONFIG, HISTORY)
@@ -53,6 +65,8 @@ class RunDir:
         self.events = self.root / "events"
         self.figures = self.root / "figures"
         self.eval = self.root / "eval"
+        self.lock = self.root / ".hfcjax.lock"
+        self.corrupt = self.root / "corrupt_checkpoints"
 
     def epoch_dirs(self) -> List[Path]:
         """The finished checkpoint folders, oldest first."""
@@ -61,68 +75,240 @@ class RunDir:
         return sorted((p for p in self.checkpoints.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
+CHECKSUMS = "hfcjax_sha256.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(epoch_dir: Path) -> List[Path]:
+    return sorted(p for p in epoch_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+
+
+def write_checksums(epoch_dir: Path) -> None:
+    """Records the size and sha256 of every file of a finished checkpoint."""
+    table = {str(p.relative_to(epoch_dir)): [p.stat().st_size, _sha256(p)] for p in _files(epoch_dir)}
+    reports.write_json(epoch_dir / CHECKSUMS, table)
+
+
+def verify(epoch_dir: Path) -> Optional[str]:
+    """None when the checkpoint's files match their recorded checksums (or when it has none:
+    written before hfcjax recorded them); otherwise what is wrong, in a few words."""
+    path = epoch_dir / CHECKSUMS
+    if not path.is_file():
+        return None
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"its checksum file {CHECKSUMS} is unreadable"
+    for name, (size, digest) in table.items():
+        file = epoch_dir / name
+        if not file.is_file():
+            return f"file {name} is missing"
+        if file.stat().st_size != size:
+            return f"file {name} has {file.stat().st_size} bytes instead of {size} (truncated or changed)"
+        if _sha256(file) != digest:
+            return f"file {name} does not match its checksum (corrupted)"
+    return None
+
+
+class WorkdirBusy(RuntimeError):
+    """Another run owns the workdir; the message names it."""
+
+
+class WorkdirLock:
+    """One training run per workdir: `DIR/.hfcjax.lock` holds the owner's host and pid.
+
+    A lock left by a process of this host that no longer runs is stale and taken over; a
+    live owner, or one on another host (which cannot be checked from here), is refused.
+    """
+
+    def __init__(self, workdir, log: Callable[[str], None] = print):
+        self.path, self.log, self.held = RunDir(workdir).lock, log, False
+
+    def __enter__(self) -> "WorkdirLock":
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(sys.argv)}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(2):
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    self._check_owner(me["host"])
+                    continue
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+                self.held = True
+                return self
+        except OSError as e:
+            raise CheckpointError(f"cannot write to the workdir {self.path.parent} ({e.strerror or e}): "
+                                  "choose a writable --workdir.") from None
+        raise WorkdirBusy(f"could not take {self.path}; another run is starting in the same workdir.")
+
+    def _check_owner(self, host: str) -> None:
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            owner = {}
+        pid, owner_host = owner.get("pid"), owner.get("host")
+        if owner_host == host and isinstance(pid, int) and not _alive(pid):
+            self.log(f"taking over the stale lock {self.path} of pid {pid} (no longer running)")
+            self.path.unlink(missing_ok=True)
+            return
+        raise WorkdirBusy(f"the workdir {self.path.parent} is in use by pid {pid} on host {owner_host} since "
+                          f"{owner.get('started')}: wait for that run, choose another --workdir, or delete "
+                          f"{self.path} if that run is gone.")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def variables_of(params, batch_stats) -> Dict[str, Any]:
     """Flax variables from the two model items (no "batch_stats" collection when it is empty)."""
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
 class TrainingCheckpoints:
-    """Saving and resuming a training run: the last `keep` epochs plus the best by test accuracy."""
+    """Saving and resuming a training run: the last `keep` epochs plus the best by test accuracy.
 
-    def __init__(self, workdir, keep: int):
+    On creation, checkpoints newer than the newest intact one (by their checksums) are moved
+    to DIR/corrupt_checkpoints/, so the run resumes from the newest intact epoch.
+    """
+
+    def __init__(self, workdir, keep: int, log: Callable[[str], None] = print):
+        self.run_dir, self.log = RunDir(workdir), log
+        self.directory = self.run_dir.checkpoints
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"{self.directory} is a file, not a folder: move it away or choose another "
+                                  "--workdir.")
+        if jax.process_index() == 0:
+            self._set_aside_corrupt()
         policy = pp.AnyPreservationPolicy([
             pp.LatestN(n=keep),
             pp.BestN(get_metric_fn=_best_metric, n=1),
         ])
-        options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True)
-        self.directory = RunDir(workdir).checkpoints
+        options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=True,
+                                               enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def _set_aside_corrupt(self) -> None:
+        for epoch_dir in reversed(self.run_dir.epoch_dirs()):
+            problem = verify(epoch_dir)
+            if problem is None:
+                return
+            target = self.run_dir.corrupt / f"{epoch_dir.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(epoch_dir), str(target))
+            self.log(f"the checkpoint of epoch {epoch_dir.name} is corrupt ({problem}); moved it to {target} and "
+                     "resuming from the newest intact one")
 
     def latest_epoch(self) -> Optional[int]:
         return self._manager.latest_step()
 
     def save(self, epoch: int, *, model: Dict[str, Any], train: Dict[str, Any], config: Dict, history: List[Dict]):
-        """Saves epoch `epoch` (in the background): `model` = {"params", "batch_stats"},
-        `train` = {"step", "opt_state", "rng"}, the config and the history as JSON."""
-        self._manager.save(epoch, metrics={BEST_METRIC: history[-1][BEST_METRIC]}, args=ocp.args.Composite(**{
-            MODEL: ocp.args.StandardSave(model), TRAIN: ocp.args.StandardSave(train),
-            CONFIG: ocp.args.JsonSave(config), HISTORY: ocp.args.JsonSave(history)}))
+        """Saves epoch `epoch` and returns when it is on disk with its checksums: `model` =
+        {"params", "batch_stats"}, `train` = {"step", "opt_state", "rng"}, the config and
+        the history as JSON. A failure raises CheckpointError at once."""
+        try:
+            self._manager.save(epoch, metrics={BEST_METRIC: history[-1][BEST_METRIC]}, args=ocp.args.Composite(**{
+                MODEL: ocp.args.StandardSave(model), TRAIN: ocp.args.StandardSave(train),
+                CONFIG: ocp.args.JsonSave(config), HISTORY: ocp.args.JsonSave(history)}))
+            self._manager.wait_until_finished()
+            if jax.process_index() == 0:
+                write_checksums(self.directory / str(epoch))
+        except Exception as e:  # noqa: BLE001 - any failure of the save is reported the same way
+            raise CheckpointError(f"saving the checkpoint of epoch {epoch} to {self.directory} failed "
+                                  f"({_short(e)}); no metrics were written for that epoch. Free disk space or fix "
+                                  "the folder's permissions, then rerun the same command to resume.") from None
 
-    def restore(self, epoch: int, *, model: Dict[str, Any], train: Dict[str, Any]) -> Tuple[Dict, Dict, List[Dict]]:
-        """(model, train, history) of epoch `epoch`; `model` and `train` give the abstract
-        trees (shapes, dtypes, shardings) to restore into."""
-        restored = self._manager.restore(epoch, args=ocp.args.Composite(**{
+    def restore(self, epoch: int, *, model: Dict[str, Any], train: Dict[str, Any]
+                ) -> Tuple[Dict, Dict, Dict, List[Dict]]:
+        """(model, train, config, history) of epoch `epoch`; `model` and `train` give the
+        abstract trees (shapes, dtypes, shardings) to restore into."""
+        restored = _read(self.directory, epoch, lambda: self._manager.restore(epoch, args=ocp.args.Composite(**{
             MODEL: ocp.args.StandardRestore(model), TRAIN: ocp.args.StandardRestore(train),
-            HISTORY: ocp.args.JsonRestore()}))
-        return restored[MODEL], restored[TRAIN], list(restored[HISTORY])
+            CONFIG: ocp.args.JsonRestore(), HISTORY: ocp.args.JsonRestore()})))
+        return restored[MODEL], restored[TRAIN], dict(restored[CONFIG]), list(restored[HISTORY])
 
     def close(self) -> None:
-        """Waits for the background save, then releases the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
 
 
+def _short(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def _read(directory: Path, epoch: int, restore: Callable[[], Any]):
+    """Runs `restore`; any failure becomes one CheckpointError line."""
+    try:
+        return restore()
+    except Exception as e:  # noqa: BLE001 - tensorstore/orbax raise many kinds
+        raise CheckpointError(f"could not read the checkpoint of epoch {epoch} in {directory} ({_short(e)}); it is "
+                              "incomplete or was written by another version.") from None
+
+
 def _choose(manager, directory: Path, which: Union[str, int]) -> int:
-    if str(which) == "latest":
-        chosen = manager.latest_step()
-    elif str(which) == "best":  # by the history's test accuracy (works for every checkpoint ever written)
-        chosen = manager.latest_step()
-        if chosen is not None:
-            history = manager.restore(chosen, args=ocp.args.Composite(**{HISTORY: ocp.args.JsonRestore()}))[HISTORY]
-            accuracy = {r["epoch"]: r[BEST_METRIC] for r in history}
-            chosen = max(manager.all_steps(), key=lambda e: (accuracy.get(e, float("-inf")), e))
-    else:
-        chosen = int(which)
-        if chosen not in manager.all_steps():
-            raise CheckpointError(f"no checkpoint of epoch {chosen} in {directory}; have {manager.all_steps()}.")
-    if chosen is None:
+    steps = manager.all_steps()
+    if not steps:
         raise CheckpointError(f"{directory} holds no finished checkpoint: train at least one epoch first.")
+    if str(which) == "latest":
+        return max(steps)
+    if str(which) == "best":  # by the history's test accuracy (works for every checkpoint ever written)
+        source = next((e for e in sorted(steps, reverse=True) if verify(directory / str(e)) is None), max(steps))
+        history = _read(directory, source, lambda: manager.restore(
+            source, args=ocp.args.Composite(**{HISTORY: ocp.args.JsonRestore()}))[HISTORY])
+        accuracy = {r["epoch"]: r[BEST_METRIC] for r in history}
+        return max(steps, key=lambda e: (accuracy.get(e, float("-inf")), e))
+    chosen = int(which)
+    if chosen not in steps:
+        raise CheckpointError(f"no checkpoint of epoch {chosen} in {directory}; have {steps}.")
     return chosen
 
 
-def restore_model(workdir, which: Union[str, int] = "latest") -> Tuple[ml_collections.ConfigDict, Any, Dict, int]:
+def _intact(manager, directory: Path, epoch: int, which, log: Callable[[str], None]) -> int:
+    """`epoch` when its files pass verification; for latest/best the newest intact one
+    before it (said in a line); otherwise a CheckpointError naming the problem."""
+    problem = verify(directory / str(epoch))
+    if problem is None:
+        return epoch
+    if str(which) in ("latest", "best"):
+        for older in sorted((e for e in manager.all_steps() if e < epoch), reverse=True):
+            if verify(directory / str(older)) is None:
+                log(f"the checkpoint of epoch {epoch} is corrupt ({problem}); using epoch {older}, the newest intact "
+                    "one before it")
+                return older
+    raise CheckpointError(f"the checkpoint of epoch {epoch} in {directory} is corrupt ({problem}) and no older "
+                          f"intact checkpoint is {'left' if str(which) in ('latest', 'best') else 'chosen'}; "
+                          f"checkpoints: {manager.all_steps()}.")
+
+
+def restore_model(workdir, which: Union[str, int] = "latest", log: Callable[[str], None] = print
+                  ) -> Tuple[ml_collections.ConfigDict, Any, Dict, int]:
     """(config, model, variables, epoch) of a training run: only the model variables and the
-    saved config are read, never the optimizer state. `which` is latest, best or an epoch."""
+    saved config are read, never the optimizer state. `which` is latest, best or an epoch;
+    its files are verified first, and a corrupt latest/best falls back to the newest intact
+    checkpoint before it (said through `log`)."""
     directory = RunDir(workdir).checkpoints
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoints in {directory}: train first with "
@@ -130,14 +316,15 @@ def restore_model(workdir, which: Union[str, int] = "latest") -> Tuple[ml_collec
     manager = ocp.CheckpointManager(directory, item_names=(MODEL, CONFIG, HISTORY),
                                     options=ocp.CheckpointManagerOptions(read_only=True, create=False))
     try:
-        epoch = _choose(manager, directory, which)
-        config = ml_collections.ConfigDict(
-            manager.restore(epoch, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG])
+        epoch = _intact(manager, directory, _choose(manager, directory, which), which, log)
+        config = ml_collections.ConfigDict(_read(directory, epoch, lambda: manager.restore(
+            epoch, args=ocp.args.Composite(**{CONFIG: ocp.args.JsonRestore()}))[CONFIG]))
         spec = data.get_spec(config.dataset)
         model = models.from_config(config, spec.num_classes)
         abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *spec.shape)), train=False))
         target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
-        restored = manager.restore(epoch, args=ocp.args.Composite(**{MODEL: ocp.args.StandardRestore(target)}))
+        restored = _read(directory, epoch, lambda: manager.restore(
+            epoch, args=ocp.args.Composite(**{MODEL: ocp.args.StandardRestore(target)})))
     finally:
         manager.close()
     return config, model, variables_of(restored[MODEL]["params"], restored[MODEL]["batch_stats"]), epoch

@@ -21,6 +21,11 @@ OPTIMIZERS = ("sgd", "adam", "adagrad", "adadelta", "rmsprop")
 COMPONENTS = ("original", "low", "high")
 DTYPES = ("float32", "bfloat16")
 RECALIBRATE_BN = ("auto", "yes", "no")
+# Keys a resumed run may change freely: they do not change the numbers of the epochs trained.
+# (num_epochs only extends or shortens the run; the rest is logging, checkpoint retention,
+# where the same data is read from, and the evaluation batch, which only splits integer counts.)
+RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "keep_checkpoints", "eval_batch_size", "data_dir",
+                     "data_source")
 
 
 def default() -> ml_collections.ConfigDict:
@@ -65,6 +70,25 @@ def default() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.keep_checkpoints = 3  # the last N epochs are kept, plus the best by test accuracy
     return c
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def result_changes(saved: dict, new: ml_collections.ConfigDict, allowed=()) -> list:
+    """'key: old -> new' for every key whose value differs between a run's saved config and
+    `new`, except RESUMABLE_CHANGES and the keys in `allowed` (dotted, e.g. adversarial.eps)."""
+    old, cur = _flat(dict(saved)), _flat(new.to_dict())
+    skip = set(RESUMABLE_CHANGES) | set(allowed)
+    return [f"{k}: {old[k]!r} -> {cur[k]!r}" for k in sorted(old.keys() & cur.keys())
+            if k not in skip and old[k] != cur[k]]
 
 
 def eval_default() -> ml_collections.ConfigDict:

@@ -43,6 +43,11 @@ class DatasetSpec:
 # --------------------------------------------------------------------------- readers
 
 
+def _unreadable(path: Path) -> str:
+    return (f"cannot read {path}: permission denied. Make it readable for this user (e.g. chmod a+r) or point "
+            "HFCJAX_DATA_DIR at a copy you can read.")
+
+
 def _read_cifar10(folder: Path, split: str, spec: DatasetSpec):
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     images, labels = [], []
@@ -55,6 +60,8 @@ def _read_cifar10(folder: Path, split: str, spec: DatasetSpec):
                 batch = pickle.load(f, encoding="bytes")
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             batch_labels = np.asarray(batch[b"labels"], dtype=np.int32)
+        except PermissionError:
+            raise DataError(_unreadable(path)) from None
         except Exception as e:  # truncated pickle, wrong keys, ...
             raise DataError(
                 f"CIFAR-10 file {path} is corrupt or not a CIFAR-10 python pickle ({type(e).__name__}: {e}). "
@@ -76,6 +83,8 @@ def _read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
+    except PermissionError:
+        raise DataError(_unreadable(path)) from None
     except (OSError, EOFError) as e:
         raise DataError(f"IDX file {path} is corrupt or truncated ({e}). Download it again.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:

@@ -114,7 +114,7 @@ def main(argv=None):
                      square_queries=F.square_queries, layers=F.layers, recalibrate_bn=F.recalibrate_bn,
                      epoch=F.epoch, data_dir=F.data_dir, seed=F.seed)
 
-    app.run(run, argv)
+    app.run(run, argv, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

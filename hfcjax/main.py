@@ -11,6 +11,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+flags.DEFINE_list("allow_config_change", [], "Config keys (dotted) a resumed run may change although they change "
+                  "the results, e.g. learning_rate,adversarial.eps.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,11 +27,13 @@ def main(argv):
     from hfcjax import cli, train
 
     with cli.clear_errors():
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
 
 
 if __name__ == "__main__":
     from hfcjax import backend
 
     backend.use_huge_pages()
-    app.run(main)
+    from hfcjax import cli
+
+    app.run(main, flags_parser=cli.parse_flags)

@@ -96,6 +96,12 @@ def accuracies(record: Mapping, split: str, variants: Sequence[Variant]) -> Dict
     return {v: record[metric_name(split, v)] for v in variants}
 
 
+def recorded(records: Sequence[Mapping], split: str, variants: Sequence[Variant]) -> Tuple[Variant, ...]:
+    """The `variants` every record has a `split` accuracy for (a run resumed with other
+    `track_radii` has some radii only in later epochs)."""
+    return tuple(v for v in variants if all(metric_name(split, v) in r for r in records))
+
+
 def series(records: Sequence[Mapping], split: str, variants: Sequence[Variant]) -> Dict[Variant, list]:
     """Per variant, `split`'s accuracy along `records` (metrics.jsonl lines), by lookup."""
     per_record = [accuracies(r, split, variants) for r in records]

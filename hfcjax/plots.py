@@ -63,7 +63,9 @@ def split_examples(images_u8, radii: Sequence[float], path, labels=None, class_n
 def _accuracy_lines(ax, records: Sequence[Dict], split: str, radii: Sequence[float], label: str) -> None:
     """`split`'s accuracy along epochs: x in black, LFC solid and HFC dashed per radius."""
     epochs = [r["epoch"] for r in records]
-    curves = measure.series(records, split, measure.tracked_variants(radii))
+    variants = measure.recorded(records, split, measure.tracked_variants(radii))
+    radii = [r for r in radii if measure.low(r) in variants and measure.high(r) in variants]
+    curves = measure.series(records, split, variants)
     colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
     ax.plot(epochs, curves[measure.ORIGINAL], "k-", lw=2, label=label)
     for c, radius in zip(colours, radii):

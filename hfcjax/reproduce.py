@@ -143,7 +143,7 @@ def main():
             reproduce(F.experiment, F.config, F.workdir, only=F.only,
                       eval_options={"num_examples": F.eval_examples})
 
-    app.run(run)
+    app.run(run, flags_parser=cli.parse_flags)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,32 @@ import re
 from typing import Any, List, Sequence, Tuple
 
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
+from hfcjax import frequency
 from hfcjax.models import FIRST_CONV
 
 DEFAULT_LAYERS = (rf"^{FIRST_CONV}/kernel$",)
 
 
+def _check_rho(rho) -> None:
+    """A concrete rho must be finite and >= 0 (a traced one is not checked)."""
+    if not frequency.is_traced(rho):
+        value = np.asarray(rho, np.float64)
+        if not np.all(np.isfinite(value)) or np.any(value < 0):
+            raise ValueError(f"rho must be a finite number >= 0 (Eq. 3's smoothing strength), got {rho!r}.")
+
+
+def _patterns(layers) -> Sequence[str]:
+    """One regex given as a string means that regex, not a list of characters."""
+    return (layers,) if isinstance(layers, str) else tuple(layers)
+
+
 def smooth_kernel(kernel, rho):
-    """Eq. 3 on an HWIO kernel of any spatial size; `rho` may be traced."""
+    """Eq. 3 on an HWIO kernel of any spatial size; `rho` may be traced (a concrete one must
+    be finite and >= 0)."""
+    _check_rho(rho)
     kernel = jnp.asarray(kernel)
     if kernel.ndim != 4:
         raise ValueError(f"smooth_kernel expects an HWIO kernel (4 dims), got shape {kernel.shape}.")
@@ -38,7 +55,9 @@ def path_string(path: Tuple[str, ...]) -> str:
 
 def selected_paths(params, layers: Sequence[str] = DEFAULT_LAYERS) -> List[Tuple[str, ...]]:
     """Paths (tuples of keys) of the 4-D kernels whose `path_string` matches any regex in
-    `layers`, in the tree's order; a ValueError lists the model's kernels when none does."""
+    `layers` (a regex or a sequence of them), in the tree's order; a ValueError lists the
+    model's kernels when none does."""
+    layers = _patterns(layers)
     flat = traverse_util.flatten_dict(_unfreeze(params))
     patterns = [re.compile(p) for p in layers]
     found = [k for k, v in flat.items()
@@ -62,6 +81,7 @@ def _unfreeze(tree):
 def smooth_params(params, rho, *, layers: Sequence[str] = DEFAULT_LAYERS) -> Any:
     """A copy of `params` with Eq. 3 applied to the kernels selected by `layers` (regexes on
     paths like 'stem/kernel'); every other leaf is returned untouched."""
+    _check_rho(rho)
     chosen = set(selected_paths(params, layers))
     flat = traverse_util.flatten_dict(_unfreeze(params))
     out = {k: smooth_kernel(v, rho) if k in chosen else v for k, v in flat.items()}

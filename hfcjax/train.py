@@ -11,10 +11,13 @@ run. Metrics go through `hfcjax.writers` (JSONL, tensorboard, console) under the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import signal
+import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -28,10 +31,41 @@ from hfcjax import (attacks, checkpoints, config as config_lib, data, frequency,
 
 NO_BAD_STEP = np.iinfo(np.int32).max
 BATCH_ACCURACY = "batch_acc"  # metrics.jsonl: accuracy on the (augmented) batches trained on, over the epoch
+CONSOLE_KEYS = (*(measure.metric_name(split, measure.ORIGINAL) for split in measure.SPLITS),
+                "train_seconds", "eval_seconds")  # the end-of-epoch line
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. the loss became NaN); the message says what to do."""
+
+
+class ConfigChanged(ValueError):
+    """A workdir's run was started with a config whose results-changing keys differ."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run at a step boundary; `exit_code` is 128 + the signal."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While active, SIGINT and SIGTERM only record their number in the yielded list, so the
+    loop can stop at the next step boundary (no half-written files, a clean exit)."""
+    requested: List[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: requested.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class TrainState(struct.PyTreeNode):
@@ -189,9 +223,11 @@ def log(message: str) -> None:
 class Trainer:
     """One run's data, mesh, compiled steps and run directory."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, allow_config_change: Sequence[str] = ()):
         config_lib.validate(config)
         self.config, self.run_dir = config, checkpoints.RunDir(workdir)
+        self.allow_config_change = tuple(allow_config_change)
+        self.stop: List[int] = []  # signals received (filled by `stop_requests` during `run`)
         self.mesh = sharding.make_mesh()
         sharding.check_batch_size(config.batch_size, self.mesh)
         sharding.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
@@ -254,6 +290,10 @@ class Trainer:
                                                              seed=c.seed, epoch=epoch)):
             x, y = sharding.global_batch(self.batch_sh, images, labels)
             state, totals = self.train_step(state, totals, x, y)
+            if self.stop:
+                raise Interrupted(self.stop[0], f"stopped by {signal.Signals(self.stop[0]).name} in epoch {epoch} "
+                                                f"at step {i + 1}; the last checkpoint is of epoch {epoch - 1}: rerun "
+                                                "the same command to resume from there.")
             if progress.due(i + 1):
                 progress(epoch, i + 1, summarize(jax.device_get(totals), epoch))
         return state, summarize(jax.device_get(totals), epoch)
@@ -265,19 +305,36 @@ class Trainer:
             return self.init(), []
         abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 jax.eval_shape(self.init), self.state_sharding)
-        model, train, history = ckpt.restore(epoch, model=abstract.model_item(), train=abstract.train_item())
+        model, train, saved_config, history = ckpt.restore(epoch, model=abstract.model_item(),
+                                                           train=abstract.train_item())
+        changes = config_lib.result_changes(saved_config, self.config, self.allow_config_change)
+        if changes:
+            raise ConfigChanged(f"{self.run_dir.root} holds a run with another config ({'; '.join(changes)}); "
+                                "resuming would mix two runs. Use another --workdir, or pass "
+                                f"--allow_config_change={','.join(c.split(':')[0] for c in changes)} to continue "
+                                "with the new values.")
         log(f"resuming from {ckpt.directory} after epoch {epoch}")
         return TrainState.from_items(model, train), history
 
     def run(self) -> List[Dict]:
-        """Trains the remaining epochs; returns every epoch's metric record."""
+        """Trains the remaining epochs, owning the workdir meanwhile; returns every epoch's
+        metric record. SIGINT/SIGTERM stop it at the next step (`Interrupted`)."""
+        main = jax.process_index() == 0
+        with checkpoints.WorkdirLock(self.run_dir.root, log) if main else contextlib.nullcontext(), \
+                stop_requests() as self.stop:
+            ckpt = checkpoints.TrainingCheckpoints(self.run_dir.root, self.config.keep_checkpoints, log)
+            try:
+                return self._train(ckpt)
+            finally:
+                ckpt.close()
+
+    def _train(self, ckpt: checkpoints.TrainingCheckpoints) -> List[Dict]:
         c = self.config
-        ckpt = checkpoints.TrainingCheckpoints(self.run_dir.root, c.keep_checkpoints)
         state, history = self.resume(ckpt)
+        if jax.process_index() == 0 and not history:
+            plots.split_examples(self.test_images[:4], c.track_radii, self.run_dir.figures / "split_examples.png")
         writer = writers.create_default_writer(self.run_dir.metrics, self.run_dir.events, history,
-                                               just_logging=jax.process_index() != 0, log=log,
-                                               console_keys=(*(measure.metric_name(s, measure.ORIGINAL) for s in measure.SPLITS),
-                                                             "train_seconds", "eval_seconds"))
+                                               just_logging=jax.process_index() != 0, log=log, console_keys=CONSOLE_KEYS)
         if not history:
             writer.write_hparams(c.to_dict())
         progress = writers.ReportProgress(num_epochs=c.num_epochs, steps_per_epoch=self.steps_per_epoch,
@@ -285,30 +342,33 @@ class Trainer:
         log(f"{c.model} on {c.dataset}: {len(self.train_images)} train / {len(self.test_images)} test images, "
             f"{self.steps_per_epoch} steps/epoch, {c.num_epochs} epochs, {self.mesh.size} device(s) "
             f"[{jax.devices()[0].platform}]")
-        for epoch in range(len(history) + 1, c.num_epochs + 1):
-            start = time.time()
-            state, summary = self.train_epoch(state, epoch, progress)
-            train_seconds, eval_start = time.time() - start, time.time()
-            metrics = self.epoch_metrics(state)
-            progress.end_epoch(time.time() - eval_start)
-            history.append({"epoch": epoch, "step": int(jax.device_get(state.step)), **summary, **metrics,
-                            "train_seconds": round(train_seconds, 3), "eval_seconds": round(progress.eval_seconds, 3),
-                            "images_per_second": round(self.steps_per_epoch * c.batch_size / train_seconds, 1)})
-            ckpt.save(epoch, model=state.model_item(), train=state.train_item(), config=c.to_dict(), history=history)
-            writer.write_scalars(epoch, {k: v for k, v in history[-1].items() if k != "epoch"})
-        ckpt.close()
-        writer.close()
+        try:
+            for epoch in range(len(history) + 1, c.num_epochs + 1):
+                start = time.time()
+                state, summary = self.train_epoch(state, epoch, progress)
+                train_seconds, eval_start = time.time() - start, time.time()
+                metrics = self.epoch_metrics(state)
+                progress.end_epoch(time.time() - eval_start)
+                history.append({"epoch": epoch, "step": int(jax.device_get(state.step)), **summary, **metrics,
+                                "train_seconds": round(train_seconds, 3),
+                                "eval_seconds": round(progress.eval_seconds, 3),
+                                "images_per_second": round(self.steps_per_epoch * c.batch_size / train_seconds, 1)})
+                ckpt.save(epoch, model=state.model_item(), train=state.train_item(), config=c.to_dict(),
+                          history=history)  # synchronous: metrics are written only for saved epochs
+                writer.write_scalars(epoch, {k: v for k, v in history[-1].items() if k != "epoch"})
+        finally:
+            writer.close()
         return history
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> List[Dict]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       allow_config_change: Sequence[str] = ()) -> List[Dict]:
     """Trains (or resumes) the run in `workdir`; returns the per-epoch metric records.
-    Draws the split examples before and the training curves after the loop."""
+    Resuming with a config that differs in keys that change the results is refused unless
+    those keys are in `allow_config_change`. Draws the training curves after the loop."""
     start = time.time()
-    trainer = Trainer(config, workdir)
+    trainer = Trainer(config, workdir, allow_config_change)
     figures = trainer.run_dir.figures
-    if jax.process_index() == 0:
-        plots.split_examples(trainer.test_images[:4], config.track_radii, figures / "split_examples.png")
     history = trainer.run()
     if jax.process_index() == 0 and history:
         plots.training_curves(history, config.track_radii, figures / "curves.png",

@@ -23,7 +23,7 @@ def cli(root, subprocess_env):
         args = [sys.executable, "-m", "hfcjax.main", "--config", str(root / "configs" / "fashion_mnist_cnn.py"),
                 "--workdir", str(workdir), *SUBPROCESS_OVERRIDES, *overrides]
         return subprocess.Popen(args, cwd=root, env={**subprocess_env, **(env or {})}, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+                                stdout=subprocess.PIPE, **{"stderr": subprocess.STDOUT, **popen})
 
     return start
 
@@ -115,6 +115,26 @@ def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path, uninterru
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert "resuming" in out and "after epoch 1" in out
+    assert records(tmp_path) == records(uninterrupted)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_stop_at_a_step_with_one_line_and_resume_exactly(tmp_path, uninterrupted, cli, signum):
+    proc = cli(tmp_path, stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/2 step 15/"):
+            proc.send_signal(signum)
+            break
+    out, err = proc.communicate(timeout=60)  # promptly: the next step boundary
+    assert proc.returncode == 128 + signum, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith(f"error: stopped by {signal.Signals(signum).name} in epoch 2 at step")
+    assert "the last checkpoint is of epoch 1" in errors[0]
+    assert len(records(tmp_path)) == 1 and not checkpoints.RunDir(tmp_path).lock.exists()
+    resumed = cli(tmp_path)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
     assert records(tmp_path) == records(uninterrupted)
 
 
