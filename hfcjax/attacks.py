@@ -67,6 +67,41 @@ def fgsm(logits_fn: LogitsFn, images, labels, eps):
     return _project(images + eps * jnp.sign(grad), images, eps)
 
 
+NORMS = ("linf", "l2")
+BANDS = ("low", "high")
+
+
+def _norm(v):
+    """Per-example L2 norm, shaped to broadcast against `v`."""
+    return jnp.sqrt(jnp.sum(v * v, axis=tuple(range(1, v.ndim)), keepdims=True))
+
+
+def band_projector(band, image_shape) -> Callable:
+    """delta -> its LFC (``band=("low", r)``) or HFC (``("high", r)``) at radius r (an
+    orthogonal projection: `frequency.split` is linear); identity for ``band=None``."""
+    if band is None:
+        return lambda delta: delta
+    kind, radius = band
+    if kind not in BANDS:
+        raise ValueError(f"unknown band {kind!r}; choose one of {BANDS} (with a radius), or None.")
+    height, width = image_shape[-3:-1]
+    largest = float(np.sqrt((height // 2) ** 2 + (width // 2) ** 2))
+    if not frequency.is_traced(radius) and not 0 <= float(radius) < largest:
+        raise ValueError(f"band radius must lie in [0, {largest:.2f}) for {height}x{width} images (beyond it the "
+                         f"HFC is empty), got {radius!r}.")
+    index = BANDS.index(kind)
+    return lambda delta: frequency.split(delta, radius)[index]
+
+
+def band_leak(delta, band) -> jnp.ndarray:
+    """Per example, the fraction of the perturbation's energy outside `band`:
+    ||delta - P(delta)||^2 / ||delta||^2 (0 for a perturbation inside the band or zero)."""
+    inside = band_projector(band, delta.shape)(delta)
+    total = jnp.sum(delta * delta, axis=tuple(range(1, delta.ndim)))
+    out = jnp.sum((delta - inside) ** 2, axis=tuple(range(1, delta.ndim)))
+    return jnp.where(total > 0, out / jnp.where(total > 0, total, 1.0), 0.0)
+
+
 def pgd(
     logits_fn: LogitsFn,
     images,
@@ -79,40 +114,75 @@ def pgd(
     key: Optional[jax.Array] = None,
     restarts: int = 1,
     unroll: int | bool | None = None,
+    norm: str = "linf",
+    band=None,
+    targeted: bool = False,
 ):
-    """Projected gradient descent (Madry et al.) on the cross-entropy, L-infinity ball.
+    """Projected gradient descent (Madry et al.) on the cross-entropy.
 
-    Each step: x <- clip01(clip_eps(x + step_size * sign(grad))). With `random_start` the
-    start is uniform in the eps-ball (needs `key`). With ``restarts > 1`` the run with the
-    highest loss is kept per example. `unroll` is passed to `lax.fori_loop`; the default
-    (None) is `backend.pgd_unroll()` (every step on a CPU, none on accelerators).
+    L-infinity (``norm="linf"``): x <- clip01(clip_eps(x + step_size * sign(grad))). L2
+    (``norm="l2"``): the step follows grad / ||grad|| and the perturbation is scaled back
+    into the eps-ball. With `band` (``("low", r)`` or ``("high", r)``) every step's
+    perturbation is first projected onto the LFC or HFC of radius r, then onto the ball,
+    then the image is clipped to [0, 1]: in L2 the band and ball projections commute, so
+    only the [0, 1] clip can move energy out of the band; in L-infinity the box clip does
+    too. `band_leak` measures it. With `targeted`, `labels` are the target classes and the
+    attack descends their cross-entropy.
+
+    With `random_start` the start is uniform in the eps-ball (needs `key`). With
+    ``restarts > 1`` the run with the highest loss (lowest, when targeted) is kept per
+    example. `unroll` is passed to `lax.fori_loop`; the default (None) is
+    `backend.pgd_unroll()` (every step on a CPU, none on accelerators).
     """
     check_inputs(logits_fn, images, labels, eps)
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}.")
     if unroll is None:
         unroll = backend.pgd_unroll()
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}.")
     if random_start and key is None:
         raise ValueError("pgd(random_start=True) needs a jax.random key.")
+    in_band = band_projector(band, images.shape)
+    sign = -1.0 if targeted else 1.0
+    plain = norm == "linf" and band is None
+
+    def project(x):
+        if plain:
+            return _project(x, images, eps)
+        delta = in_band(x - images)
+        if norm == "linf":
+            delta = jnp.clip(delta, -eps, eps)
+        else:
+            delta = delta * jnp.minimum(1.0, eps / jnp.maximum(_norm(delta), 1e-12))
+        return jnp.clip(images + delta, 0.0, 1.0)
 
     def step(_, x):
-        grad = input_gradient(logits_fn, x, labels)
-        return _project(x + step_size * jnp.sign(grad), images, eps)
+        grad = sign * input_gradient(logits_fn, x, labels)
+        direction = jnp.sign(grad) if norm == "linf" else grad / jnp.maximum(_norm(grad), 1e-12)
+        return project(x + step_size * direction)
 
     def one_run(run_key):
         x = images
         if random_start:
-            x = _project(images + jax.random.uniform(run_key, images.shape, images.dtype, -eps, eps), images, eps)
+            if norm == "linf":
+                noise = jax.random.uniform(run_key, images.shape, images.dtype, -eps, eps)
+            else:
+                k1, k2 = jax.random.split(run_key)
+                direction = jax.random.normal(k1, images.shape, images.dtype)
+                radius = eps * jax.random.uniform(k2, (images.shape[0],) + (1,) * (images.ndim - 1), images.dtype)
+                noise = direction / jnp.maximum(_norm(direction), 1e-12) * radius
+            x = project(images + noise)
         return jax.lax.fori_loop(0, steps, step, x, unroll=unroll)
 
     if restarts == 1:
         return one_run(key)
     keys = jax.random.split(key, restarts) if key is not None else [None] * restarts
     best = one_run(keys[0])
-    best_loss = per_example_loss(logits_fn, best, labels)
+    best_loss = sign * per_example_loss(logits_fn, best, labels)
     for run_key in keys[1:]:
         x = one_run(run_key)
-        loss = per_example_loss(logits_fn, x, labels)
+        loss = sign * per_example_loss(logits_fn, x, labels)
         better = loss > best_loss
         best = jnp.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), x, best)
         best_loss = jnp.maximum(loss, best_loss)

@@ -32,7 +32,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -96,9 +96,10 @@ def write_checksums(epoch_dir: Path) -> None:
     reports.write_json(epoch_dir / CHECKSUMS, table)
 
 
-def verify(epoch_dir: Path) -> Optional[str]:
-    """None when the checkpoint's files match their recorded checksums (or when it has none:
-    written before hfcjax recorded them); otherwise what is wrong, in a few words."""
+def verify(epoch_dir: Path, items: Sequence[str] = ITEMS) -> Optional[str]:
+    """None when the files of `items` (and orbax's own top-level files) match their recorded
+    checksums (or when the checkpoint has none: written before hfcjax recorded them);
+    otherwise what is wrong, in a few words. Evaluation verifies only what it reads."""
     path = epoch_dir / CHECKSUMS
     if not path.is_file():
         return None
@@ -107,6 +108,8 @@ def verify(epoch_dir: Path) -> Optional[str]:
     except (OSError, ValueError):
         return f"its checksum file {CHECKSUMS} is unreadable"
     for name, (size, digest) in table.items():
+        if "/" in name and name.split("/")[0] not in items:
+            continue
         file = epoch_dir / name
         if not file.is_file():
             return f"file {name} is missing"
@@ -275,7 +278,8 @@ def _choose(manager, directory: Path, which: Union[str, int]) -> int:
     if str(which) == "latest":
         return max(steps)
     if str(which) == "best":  # by the history's test accuracy (works for every checkpoint ever written)
-        source = next((e for e in sorted(steps, reverse=True) if verify(directory / str(e)) is None), max(steps))
+        source = next((e for e in sorted(steps, reverse=True)
+                       if verify(directory / str(e), READ_BY_EVALUATION) is None), max(steps))
         history = _read(directory, source, lambda: manager.restore(
             source, args=ocp.args.Composite(**{HISTORY: ocp.args.JsonRestore()}))[HISTORY])
         accuracy = {r["epoch"]: r[BEST_METRIC] for r in history}
@@ -286,15 +290,18 @@ def _choose(manager, directory: Path, which: Union[str, int]) -> int:
     return chosen
 
 
+READ_BY_EVALUATION = (MODEL, CONFIG, HISTORY)
+
+
 def _intact(manager, directory: Path, epoch: int, which, log: Callable[[str], None]) -> int:
-    """`epoch` when its files pass verification; for latest/best the newest intact one
-    before it (said in a line); otherwise a CheckpointError naming the problem."""
-    problem = verify(directory / str(epoch))
+    """`epoch` when the files evaluation reads pass verification; for latest/best the newest
+    intact one before it (said in a line); otherwise a CheckpointError naming the problem."""
+    problem = verify(directory / str(epoch), READ_BY_EVALUATION)
     if problem is None:
         return epoch
     if str(which) in ("latest", "best"):
         for older in sorted((e for e in manager.all_steps() if e < epoch), reverse=True):
-            if verify(directory / str(older)) is None:
+            if verify(directory / str(older), READ_BY_EVALUATION) is None:
                 log(f"the checkpoint of epoch {epoch} is corrupt ({problem}); using epoch {older}, the newest intact "
                     "one before it")
                 return older

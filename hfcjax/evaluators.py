@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hfcjax import attacks, backend, data, frequency, measure, models, reports, sharding, smoothing
+from hfcjax import attacks, backend, data, frequency, heatmap, measure, models, reports, sharding, smoothing
 
 ApplyFn = Callable[[Any, jnp.ndarray], jnp.ndarray]
 Log = Callable[[str], None]
@@ -40,36 +40,65 @@ def _batched(images, labels, batch_size, mesh_sharding):
 
 
 def make_attack_counts(apply_fn: ApplyFn, *, pgd_steps: int, pgd_step_fraction: float, strong_restarts: int,
-                       square_queries: int, unroll: int | bool | None = None):
-    """(variables, images_u8, labels, mask, eps[E], key) -> correct counts: clean, FGSM[E],
-    PGD[E], strong PGD at max eps, Square at max eps, worst case at max eps."""
+                       square_queries: int, band_radius: float = 0.0, spectra: bool = False,
+                       unroll: int | bool | None = None):
+    """(variables, images_u8, labels, mask, eps[E], key) -> sums over the batch: correct
+    counts clean, FGSM[E], PGD[E], strong PGD and Square at max eps, the worst case at max eps
+    and at every eps ([E]: every attack run at that eps failed); with `band_radius` > 0 also
+    PGD confined to the LFC / HFC of that radius at every eps and the energy fraction its
+    perturbations leak out of the band; with `spectra` the radial spectrum of successful
+    perturbations (clean right, attacked wrong) per attack, and how many there were."""
 
     def counts(variables, images_u8, labels, mask, eps, key):
         logits_fn = lambda z: apply_fn(variables, z)
         x = measure.to_unit(images_u8)
+        count = lambda ok: jnp.sum(ok * mask, axis=-1)
+        clean_ok = jnp.argmax(logits_fn(x), -1) == labels
+        advs, oks = {}, {}
 
         def correct(images):
             return jnp.argmax(logits_fn(images), -1) == labels
 
         def per_eps(e):
-            adv_fgsm = attacks.fgsm(logits_fn, x, labels, e)
-            adv_pgd = attacks.pgd(logits_fn, x, labels, e, step_size=e * pgd_step_fraction, steps=pgd_steps,
-                                  unroll=unroll)
-            return correct(adv_fgsm), correct(adv_pgd)
+            out = {"fgsm": attacks.fgsm(logits_fn, x, labels, e),
+                   "pgd": attacks.pgd(logits_fn, x, labels, e, step_size=e * pgd_step_fraction, steps=pgd_steps,
+                                      unroll=unroll)}
+            if band_radius > 0:
+                for kind in attacks.BANDS:
+                    out[f"pgd_{kind}"] = attacks.pgd(logits_fn, x, labels, e, step_size=e * pgd_step_fraction,
+                                                     steps=pgd_steps, unroll=unroll, band=(kind, band_radius))
+            return out, {k: correct(v) for k, v in out.items()}
 
-        fgsm_ok, pgd_ok = jax.vmap(per_eps)(eps)  # [E, B]
+        per, per_ok = jax.vmap(per_eps)(eps)  # [E, B, ...]
+        advs.update(per)
+        oks.update(per_ok)
         e_max = eps[-1]
         strong_key, square_key = jax.random.split(key)
-        strong_ok = correct(attacks.pgd(logits_fn, x, labels, e_max, step_size=e_max * pgd_step_fraction,
-                                        steps=2 * pgd_steps, random_start=True, key=strong_key,
-                                        restarts=strong_restarts, unroll=unroll))
-        square_ok = (correct(attacks.square(logits_fn, x, labels, e_max, key=square_key, queries=square_queries))
-                     if square_queries > 0 else jnp.ones_like(strong_ok))
-        # Worst case per example at the largest eps: robust only if every attack failed.
-        survived = fgsm_ok[-1] & pgd_ok[-1] & strong_ok & square_ok
-        count = lambda ok: jnp.sum(ok * mask, axis=-1)
-        return {"clean": count(correct(x)), "fgsm": count(fgsm_ok), "pgd": count(pgd_ok),
-                "pgd_strong": count(strong_ok), "square": count(square_ok), "worst_case": count(survived)}
+        advs["pgd_strong"] = attacks.pgd(logits_fn, x, labels, e_max, step_size=e_max * pgd_step_fraction,
+                                         steps=2 * pgd_steps, random_start=True, key=strong_key,
+                                         restarts=strong_restarts, unroll=unroll)
+        oks["pgd_strong"] = correct(advs["pgd_strong"])
+        if square_queries > 0:
+            advs["square"] = attacks.square(logits_fn, x, labels, e_max, key=square_key, queries=square_queries)
+            oks["square"] = correct(advs["square"])
+        # Worst case per example: robust only if every attack run at that eps failed.
+        every_eps = jnp.all(jnp.stack([v for k, v in oks.items() if k in per_ok]), axis=0)  # [E, B]
+        at_max = every_eps[-1] & oks["pgd_strong"] & oks.get("square", True)
+        out = {"clean": count(clean_ok), **{k: count(v) for k, v in oks.items()},
+               "worst_case": count(at_max), "worst_case_per_eps": count(every_eps.at[-1].set(at_max))}
+        if "square" not in oks:
+            out["square"] = count(jnp.ones_like(clean_ok))
+        if band_radius > 0:
+            for kind in attacks.BANDS:
+                leak = jax.vmap(lambda d: attacks.band_leak(d, (kind, band_radius)))(per[f"pgd_{kind}"] - x)
+                out[f"leak_{kind}"] = jnp.sum(leak * mask, axis=-1)
+        if spectra:
+            for name, adv in advs.items():
+                success = (clean_ok & ~oks[name]) * mask  # [B] or [E, B]
+                spectrum = frequency.radial_spectrum(adv - x)  # [..., B, R]
+                out[f"spectrum_{name}"] = jnp.sum(spectrum * success[..., None], axis=-2)
+                out[f"spectrum_count_{name}"] = jnp.sum(success, axis=-1)
+        return out
 
     return counts
 
@@ -102,20 +131,27 @@ class RobustnessEvaluator:
 
     def __init__(self, apply_fn: ApplyFn, *, eps: Sequence[float], pgd_steps: int = 20,
                  pgd_step_fraction: float = 0.125, strong_restarts: int = 3, square_queries: int = 300,
-                 batch_size: int = 200, seed: int = 0, log: Log = print):
+                 band_radius: float = 0.0, spectra: bool = False, batch_size: int = 200, seed: int = 0,
+                 log: Log = print):
         self.eps, self.square_queries, self.seed, self.log = list(eps), square_queries, seed, log
+        self.band_radius, self.spectra = band_radius, spectra
         self.mesh = sharding.make_mesh()
         self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
         repl, self.batch_sh = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
         self.counts = jax.jit(
             make_attack_counts(apply_fn, pgd_steps=pgd_steps, pgd_step_fraction=pgd_step_fraction,
-                               strong_restarts=strong_restarts, square_queries=square_queries),
+                               strong_restarts=strong_restarts, square_queries=square_queries,
+                               band_radius=band_radius, spectra=spectra),
             in_shardings=(repl, self.batch_sh, self.batch_sh, self.batch_sh, repl, repl), out_shardings=repl,
             compiler_options=backend.eval_compiler_options())
 
     def run(self, variables, images_u8: np.ndarray, labels: np.ndarray, name: str = "model") -> Dict[str, Any]:
-        """{clean, fgsm[E], pgd[E], pgd_strong, square (None when off), worst_case, seconds,
-        warnings}: accuracies over `images_u8`, progress logged with an ETA."""
+        """{clean, fgsm[E], pgd[E], pgd_strong, square (None when off), worst_case,
+        worst_case_per_eps[E], seconds, warnings}, with `band_radius` also pgd_low[E],
+        pgd_high[E], leak_low[E], leak_high[E] (mean energy fraction out of the band), and with
+        `spectra` a "spectra" dict {attack: mean radial spectrum of its successful
+        perturbations, [E][R] or [R] (None where none succeeded)}: accuracies over `images_u8`,
+        progress logged with an ETA."""
         eps = jnp.asarray(np.asarray(self.eps, np.float32))
         n, start, total = len(images_u8), time.time(), None
         for b, x, y, m in _batched(images_u8, labels, self.batch_size, self.batch_sh):
@@ -124,39 +160,87 @@ class RobustnessEvaluator:
             done = min((b + 1) * self.batch_size, n)
             rate = done / (time.time() - start)
             self.log(f"  {name}: {done}/{n} images | {rate:,.1f} img/s | ETA {(n - done) / max(rate, 1e-9):.0f}s")
-        acc = jax.tree.map(lambda v: np.asarray(v, np.float64) / n, jax.device_get(total))
+        total = {k: np.asarray(v, np.float64) for k, v in jax.device_get(total).items()}
+        acc = {k: v / n for k, v in total.items() if not k.startswith("spectrum")}
         row = {"clean": float(acc["clean"]), "fgsm": acc["fgsm"].tolist(), "pgd": acc["pgd"].tolist(),
                "pgd_strong": float(acc["pgd_strong"]),
                "square": float(acc["square"]) if self.square_queries else None,
-               "worst_case": float(acc["worst_case"]), "seconds": round(time.time() - start, 2)}
+               "worst_case": float(acc["worst_case"]), "worst_case_per_eps": acc["worst_case_per_eps"].tolist()}
+        if self.band_radius > 0:
+            for kind in attacks.BANDS:
+                row[f"pgd_{kind}"] = acc[f"pgd_{kind}"].tolist()
+                row[f"leak_{kind}"] = acc[f"leak_{kind}"].tolist()
+        if self.spectra:
+            row["spectra"] = {k[len("spectrum_"):]: _mean_spectrum(v, total[f"spectrum_count_{k[len('spectrum_'):]}"])
+                              for k, v in total.items() if k.startswith("spectrum_") and "_count_" not in k}
+        row["seconds"] = round(time.time() - start, 2)
         row["warnings"] = sanity_warnings(row, self.eps, n)
         for w in row["warnings"]:
             self.log(f"  warning [{name}]: {w}")
         return row
 
 
-def smoothing_grid(evaluator: RobustnessEvaluator, variables, images_u8, labels, *, rhos: Sequence[float],
-                   layers: Sequence[str] = smoothing.DEFAULT_LAYERS,
-                   recalibrate: Optional[Callable[[Dict], Dict]] = None) -> Tuple[List[Dict], Dict[str, np.ndarray]]:
-    """Table 2: the evaluator's row for the first-layer kernels smoothed with every rho
-    (Eq. 3), then, with `recalibrate` (variables -> variables with re-estimated BatchNorm
-    statistics), the same rows after re-estimation. Returns (rows, {name: kernel}) where
-    each row adds name, rho, bn_reestimated and the kernel's roughness."""
+def _mean_spectrum(sums: np.ndarray, counts: np.ndarray):
+    """Mean spectrum per eps (or one), None where no perturbation succeeded."""
+    if sums.ndim == 1:
+        return (sums / counts).tolist() if counts > 0 else None
+    return [(s / c).tolist() if c > 0 else None for s, c in zip(sums, counts)]
+
+
+def smoothed_variants(variables, *, rhos: Sequence[float], layers: Sequence[str] = smoothing.DEFAULT_LAYERS,
+                      recalibrate: Optional[Callable[[Dict], Dict]] = None):
+    """Yields (name, rho, bn_reestimated, variables) for the first-layer kernels smoothed with
+    every rho (Eq. 3), then, with `recalibrate` (variables -> variables with re-estimated
+    BatchNorm statistics), the same after re-estimation."""
     smoothing.selected_paths(variables["params"], layers)  # a clear error before any work
-    rows, kernels = [], {}
     for recal in (False, True) if recalibrate else (False,):
         for rho in rhos:
             current = {**variables, "params": smoothing.smooth_params(variables["params"], rho, layers=layers)}
             if recal:
                 current = recalibrate(current)
-            name = f"rho={rho:g}" + (" (BN re-estimated)" if recal else "")
-            kernel = np.asarray(jax.device_get(smoothing.first_kernel(current["params"], layers)))
-            row = evaluator.run(current, images_u8, labels, name)
-            rows.append({"name": name, "rho": rho, "bn_reestimated": recal, **row,
-                         "roughness": float(smoothing.roughness(kernel))})
-            if not recal:
-                kernels[name] = kernel
+            yield f"rho={rho:g}" + (" (BN re-estimated)" if recal else ""), rho, recal, current
+
+
+def smoothing_grid(evaluator: RobustnessEvaluator, variables, images_u8, labels, *, rhos: Sequence[float],
+                   layers: Sequence[str] = smoothing.DEFAULT_LAYERS,
+                   recalibrate: Optional[Callable[[Dict], Dict]] = None) -> Tuple[List[Dict], Dict[str, np.ndarray]]:
+    """Table 2: the evaluator's row for every `smoothed_variants` entry. Returns (rows,
+    {name: kernel}) where each row adds name, rho, bn_reestimated and the kernel's roughness."""
+    rows, kernels = [], {}
+    for name, rho, recal, current in smoothed_variants(variables, rhos=rhos, layers=layers, recalibrate=recalibrate):
+        kernel = np.asarray(jax.device_get(smoothing.first_kernel(current["params"], layers)))
+        row = evaluator.run(current, images_u8, labels, name)
+        rows.append({"name": name, "rho": rho, "bn_reestimated": recal, **row,
+                     "roughness": float(smoothing.roughness(kernel))})
+        if not recal:
+            kernels[name] = kernel
     return rows, kernels
+
+
+class HeatmapEvaluator:
+    """The Fourier heat map (`hfcjax.heatmap`) of a model over a set of images: error rate
+    per frequency, centred; one compiled function for every call (variables and eps are
+    its arguments)."""
+
+    def __init__(self, apply_fn: ApplyFn, *, eps: float, batch_size: int = 200, seed: int = 0,
+                 basis_chunk: int = 8, log: Log = print):
+        if not eps > 0:
+            raise ValueError(f"the heat map's eps must be > 0 (the L2 norm of each Fourier basis), got {eps!r}.")
+        self.eps, self.batch_size, self.seed, self.log = eps, batch_size, seed, log
+        self.counts = jax.jit(lambda variables, x_u8, y, m, e, key: heatmap.heatmap_counts(
+            lambda z: apply_fn(variables, z), measure.to_unit(x_u8), y, e, key=key, mask=m, basis_chunk=basis_chunk))
+
+    def run(self, variables, images_u8: np.ndarray, labels: np.ndarray, name: str = "model") -> np.ndarray:
+        """[H, W] error rates (1 - accuracy) with zero frequency at (H // 2, W // 2)."""
+        n, start, total = len(images_u8), time.time(), None
+        for b, (x, y, m) in enumerate(data.batches(images_u8, labels, self.batch_size, shuffle=False,
+                                                   drop_remainder=False)):
+            counts = self.counts(variables, x, y, m, jnp.float32(self.eps), jax.random.PRNGKey(self.seed + b))
+            total = jax.block_until_ready(counts if total is None else total + counts)
+            done = min((b + 1) * self.batch_size, n)
+            rate = done / (time.time() - start)
+            self.log(f"  heat map {name}: {done}/{n} images | ETA {(n - done) / max(rate, 1e-9):.0f}s")
+        return 1.0 - np.asarray(total, np.float64) / n
 
 
 def robustness_columns(eps: Sequence[float], square: bool) -> List[reports.Column]:

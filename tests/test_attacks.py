@@ -157,3 +157,77 @@ def test_square_attack_lowers_accuracy_without_gradients(trained_bn_cnn):
     acc = lambda z: float((jnp.argmax(f(z), -1) == y).mean())
     adv = attacks.square(f, x, y, 0.1, key=jax.random.key(0), queries=100)
     assert acc(adv) < acc(x) - 0.1
+
+
+# --------------------------------------------------------------------------- L2, bands, targeted
+
+
+def two_class_linear(h=8, w=8, c=1, seed=0):
+    """logits = [0, <w, x> + b]: the cross-entropy's input gradient is parallel to w."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(1, h, w, c))
+    images = 0.5 + 0.01 * rng.normal(size=(6, h, w, c))
+    labels = np.array([0, 1, 0, 1, 1, 0], np.int32)
+    logits_fn = lambda x: jnp.stack([jnp.zeros(x.shape[0]), jnp.sum(x * weight, axis=(1, 2, 3))], -1)
+    return weight, images.astype(np.float32), labels, logits_fn
+
+
+@pytest.mark.parametrize("band", [None, ("low", 2.0), ("high", 2.0)])
+def test_l2_pgd_on_a_linear_model_moves_eps_along_the_banded_weight(band, reference_split):
+    weight, images, labels, logits_fn = two_class_linear()
+    eps = 0.1  # small: no pixel reaches 0 or 1, so the closed form is exact
+    adv = attacks.pgd(logits_fn, images, labels, eps, step_size=eps, steps=3, norm="l2", band=band)
+    direction = weight.astype(np.float64)
+    if band is not None:
+        low, high, _ = reference_split(direction, band[1])
+        direction = low if band[0] == "low" else high
+    direction = direction / np.linalg.norm(direction)
+    signs = np.where(labels == 1, -1.0, 1.0)[:, None, None, None]  # push the true class's logit down
+    np.testing.assert_allclose(adv, images + eps * signs * direction, atol=2e-5)
+    if band is not None:
+        np.testing.assert_allclose(attacks.band_leak(adv - images, band), 0, atol=1e-6)
+
+
+def test_linf_band_limited_pgd_stays_in_the_ball_and_its_leak_is_measured(reference_split):
+    weight, images, labels, logits_fn = two_class_linear(seed=1)
+    eps = 0.03
+    adv = np.asarray(attacks.pgd(logits_fn, images, labels, eps, step_size=0.01, steps=5, band=("high", 3.0)))
+    delta = adv - images
+    assert np.abs(delta).max() <= eps + 1e-6 and np.abs(delta).max() > 0.5 * eps
+    low, high, _ = reference_split(delta, 3.0)
+    expected = (low ** 2).sum((1, 2, 3)) / (delta ** 2).sum((1, 2, 3))
+    leak = np.asarray(attacks.band_leak(jnp.asarray(delta), ("high", 3.0)))
+    np.testing.assert_allclose(leak, expected, atol=1e-5)
+    assert 0 < leak.max() < 0.5  # the box clip moves some energy out of the HFC, most stays
+
+
+def test_targeted_pgd_reaches_the_target_and_restarts_keep_the_closest():
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(4 * 4 * 3, 5)).astype(np.float32)
+    logits_fn = lambda x: x.reshape(x.shape[0], -1) @ weights
+    x = jnp.asarray(rng.uniform(0.3, 0.7, size=(8, 4, 4, 3)), jnp.float32)
+    targets = jnp.asarray((np.argmax(np.asarray(logits_fn(x)), -1) + 1) % 5)
+    adv = attacks.pgd(logits_fn, x, targets, 0.5, step_size=0.05, steps=30, targeted=True, random_start=True,
+                      key=jax.random.key(0), restarts=2)
+    np.testing.assert_array_equal(np.argmax(np.asarray(logits_fn(adv)), -1), np.asarray(targets))
+    untargeted = attacks.pgd(logits_fn, x, targets, 0.5, step_size=0.05, steps=30)
+    assert np.mean(np.argmax(np.asarray(logits_fn(untargeted)), -1) == np.asarray(targets)) < 1
+
+
+def test_l2_pgd_stays_in_the_l2_ball_with_random_start():
+    weight, images, labels, logits_fn = two_class_linear(seed=2)
+    adv = attacks.pgd(logits_fn, images, labels, 0.5, step_size=0.2, steps=4, norm="l2", random_start=True,
+                      key=jax.random.key(1))
+    norms = np.sqrt(((np.asarray(adv) - images) ** 2).sum((1, 2, 3)))
+    assert norms.max() <= 0.5 + 1e-5 and norms.min() > 0.4
+    assert float(np.min(adv)) >= 0 and float(np.max(adv)) <= 1
+
+
+def test_bad_norm_band_and_radius_are_one_line():
+    weight, images, labels, logits_fn = two_class_linear()
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+        attacks.pgd(logits_fn, images, labels, 0.1, step_size=0.1, steps=1, norm="l1")
+    with pytest.raises(ValueError, match="unknown band 'mid'"):
+        attacks.pgd(logits_fn, images, labels, 0.1, step_size=0.1, steps=1, band=("mid", 2.0))
+    with pytest.raises(ValueError, match=r"band radius must lie in \[0, 5.66\) for 8x8 images"):
+        attacks.pgd(logits_fn, images, labels, 0.1, step_size=0.1, steps=1, band=("high", 6.0))

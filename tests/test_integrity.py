@@ -2,7 +2,9 @@
 corrupt checkpoints, config drift, one-line errors and strict library inputs."""
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -75,6 +77,25 @@ def test_a_failed_save_stops_the_run_at_once_and_writes_no_metrics_for_it(tmp_pa
         train.train_and_evaluate(small, str(tmp_path))
     assert [r["epoch"] for r in records(tmp_path)] == [1]
     assert not checkpoints.RunDir(tmp_path).lock.exists()  # the workdir is released
+
+
+def test_sigint_during_a_save_finishes_the_save_then_stops(tmp_path, small, monkeypatch):
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while epoch 1 is being written
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(train.Interrupted, match="stopped by SIGINT in epoch 2 at step 1; the last checkpoint is "
+                                                "of epoch 1") as stopped:
+        train.train_and_evaluate(small, str(tmp_path))
+    assert stopped.value.exit_code == 130
+    run = checkpoints.RunDir(tmp_path)
+    assert [p.name for p in run.epoch_dirs()] == ["1"] and checkpoints.verify(run.epoch_dirs()[0]) is None
+    assert (run.epoch_dirs()[0] / checkpoints.CHECKSUMS).is_file()
+    assert [r["epoch"] for r in records(tmp_path)] == [1] and not run.lock.exists()
 
 
 def test_checkpoints_folder_that_is_a_file_is_one_line(tmp_path, root, subprocess_env):
