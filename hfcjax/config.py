@@ -107,6 +107,10 @@ def eval_default() -> ml_collections.ConfigDict:
     e.recalibrate_examples = 2000  # training images used to re-estimate BatchNorm statistics
     e.epoch = "latest"  # checkpoint to evaluate: latest, best or an epoch number
     e.svd_ranks = (4, 8, 12, 16)  # ranks of Section 8's SVD split in the frequency report
+    # Beyond the paper.
+    e.heatmap_eps = 0.0  # > 0: Fourier heat map (Yin et al. 2019) at this L2 norm for every rho (0 = off)
+    e.band_radius = 0.0  # > 0: also PGD confined to the LFC / HFC of this radius at every eps (0 = off)
+    e.spectra = True  # radial spectra of the successful perturbations of every attack
     e.seed = 0  # seed of the random attacks (random starts, Square)
     e.data_dir = ""  # '' = the data directory saved in the run's config
     return e
@@ -176,6 +180,9 @@ def validate_eval(e: ml_collections.ConfigDict) -> None:
     for key, low in (("pgd_steps", 1), ("strong_restarts", 1), ("batch_size", 1), ("square_queries", 0),
                      ("num_examples", 0), ("recalibrate_examples", 1), ("seed", 0)):
         _int_at_least(e, key, low, f"an integer >= {low}")
+    for key in ("heatmap_eps", "band_radius"):
+        if not (math.isfinite(e[key]) and e[key] >= 0):
+            _fail(key, f"must be a finite number >= 0 (0 = off), got {e[key]!r}.")
     if not 0 < e.pgd_step_fraction <= 1:
         _fail("pgd_step_fraction", f"must be in (0, 1], got {e.pgd_step_fraction!r}.")
     _one_of(e, "recalibrate_bn", RECALIBRATE_BN)

@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import ml_collections
 import numpy as np
 
-from hfcjax import checkpoints, config as config_lib, data, evaluators, measure, plots, reports
+from hfcjax import checkpoints, config as config_lib, data, evaluators, heatmap, measure, plots, reports
 
 
 def log(message: str) -> None:
@@ -44,18 +44,27 @@ def evaluate(workdir, options: Optional[ml_collections.ConfigDict] = None, **ove
         f"PGD-{2 * o.pgd_steps} x{o.strong_restarts} random restarts, Square {o.square_queries} queries")
     robustness = evaluators.RobustnessEvaluator(
         apply_fn, eps=o.eps, pgd_steps=o.pgd_steps, pgd_step_fraction=o.pgd_step_fraction,
-        strong_restarts=o.strong_restarts, square_queries=o.square_queries, batch_size=o.batch_size, seed=o.seed,
-        log=log)
+        strong_restarts=o.strong_restarts, square_queries=o.square_queries, band_radius=o.band_radius,
+        spectra=o.spectra, batch_size=o.batch_size, seed=o.seed, log=log)
     rows, kernels = evaluators.smoothing_grid(robustness, variables, images, labels, rhos=o.rhos, layers=o.layers,
                                               recalibrate=recalibrate)
+    maps = {}
+    if o.heatmap_eps > 0:
+        heat = evaluators.HeatmapEvaluator(apply_fn, eps=o.heatmap_eps, batch_size=o.batch_size, seed=o.seed, log=log)
+        maps = {rho: heat.run(v, images, labels, name)
+                for name, rho, _, v in evaluators.smoothed_variants(variables, rhos=o.rhos, layers=o.layers)}
     freq = evaluators.FrequencyEvaluator(apply_fn, radii=config.track_radii, ranks=o.svd_ranks,
                                          inclusive=config.inclusive, batch_size=o.batch_size).run(variables, images,
                                                                                                   labels)
     result = {"workdir": str(workdir), "checkpoint_epoch": epoch, "num_examples": len(images), "eps": list(o.eps),
               "pgd": {"steps": o.pgd_steps, "step_fraction": o.pgd_step_fraction, "strong_steps": 2 * o.pgd_steps,
                       "strong_restarts": o.strong_restarts}, "square_queries": o.square_queries,
-              "layers": list(o.layers), "rows": rows, "frequency": freq.summary()}
-    write_report(checkpoints.RunDir(workdir).eval, result, kernels, freq, images, config)
+              "layers": list(o.layers), "band_radius": o.band_radius, "rows": rows, "frequency": freq.summary()}
+    if maps:
+        result["heatmap"] = {"eps": o.heatmap_eps, "band_error": {
+            f"rho={rho:g}": {f"r{r:g}": dict(zip(("inside", "outside"), heatmap.band_means(m, r, inclusive=config.inclusive)))
+                             for r in config.track_radii} for rho, m in maps.items()}}
+    write_report(checkpoints.RunDir(workdir).eval, result, kernels, freq, images, config, maps)
     return result
 
 
@@ -64,14 +73,26 @@ def load_split(config, o, split: str):
 
 
 def write_report(out_dir, result: Dict, kernels: Dict[str, np.ndarray], freq: evaluators.FrequencyReport,
-                 images: np.ndarray, config) -> None:
-    """robustness.{json,csv,md}, frequency.md, kernels.png, robustness.png and figure2.png."""
-    columns = evaluators.robustness_columns(result["eps"], result["square_queries"] > 0)
+                 images: np.ndarray, config, maps: Dict[float, np.ndarray]) -> None:
+    """robustness.{json,csv,md}, frequency.md, kernels.png, robustness.png, figure2.png; with
+    spectra spectra.png; with heat maps heatmap.npy (the first rho), heatmap_rho<rho>.npy
+    (the others) and heatmap.png."""
+    columns = evaluators.robustness_columns(result["eps"], result["square_queries"] > 0, result["band_radius"])
     table = reports.write_table(out_dir, "robustness", result["rows"], columns, result)
     reports.atomic_write(out_dir / "frequency.md", freq.markdown() + "\n")
     plots.kernels(kernels, out_dir / "kernels.png")
     plots.robustness_curves([r for r in result["rows"] if not r["bn_reestimated"]], result["eps"],
                             out_dir / "robustness.png")
+    plain = [r for r in result["rows"] if not r["bn_reestimated"]]
+    if plain and plain[0].get("spectra"):
+        plots.perturbation_spectra(plain, result["eps"], out_dir / "spectra.png")
+    for i, (rho, error) in enumerate(maps.items()):
+        with reports.atomic_path(out_dir / ("heatmap.npy" if i == 0 else f"heatmap_rho{rho:g}.npy")) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, error)
+    if maps:
+        plots.heatmaps({f"rho={rho:g}": m for rho, m in maps.items()}, out_dir / "heatmap.png",
+                       eps=result["heatmap"]["eps"], radii=config.track_radii)
     radius, idx = measure.figure2_examples(freq.correct, freq.radii)
     if radius is not None:
         plots.figure2(images[idx], radius, freq.figure2_rows(idx, radius), out_dir / "figure2.png",
@@ -103,6 +124,9 @@ def main(argv=None):
     flags.DEFINE_string("epoch", d.epoch, "Checkpoint to evaluate: latest, best or an epoch number.")
     flags.DEFINE_string("data_dir", None, "Override the data directory saved in the config.")
     flags.DEFINE_integer("seed", d.seed, "Seed of the random attacks.")
+    flags.DEFINE_float("heatmap_eps", d.heatmap_eps, "Fourier heat map at this L2 norm for every rho (0 = off).")
+    flags.DEFINE_float("band_radius", d.band_radius, "Also PGD confined to the LFC/HFC of this radius (0 = off).")
+    flags.DEFINE_bool("spectra", d.spectra, "Radial spectra of the successful perturbations.")
 
     def run(argv):
         logging.set_verbosity(logging.WARNING)
@@ -112,7 +136,8 @@ def main(argv=None):
                      num_examples=F.num_examples, batch_size=F.batch_size, pgd_steps=F.pgd_steps,
                      pgd_step_fraction=F.pgd_step_fraction, strong_restarts=F.restarts,
                      square_queries=F.square_queries, layers=F.layers, recalibrate_bn=F.recalibrate_bn,
-                     epoch=F.epoch, data_dir=F.data_dir, seed=F.seed)
+                     epoch=F.epoch, data_dir=F.data_dir, seed=F.seed, heatmap_eps=F.heatmap_eps,
+                     band_radius=F.band_radius, spectra=F.spectra)
 
     app.run(run, argv, flags_parser=cli.parse_flags)
 

@@ -243,16 +243,24 @@ class HeatmapEvaluator:
         return 1.0 - np.asarray(total, np.float64) / n
 
 
-def robustness_columns(eps: Sequence[float], square: bool) -> List[reports.Column]:
+def robustness_columns(eps: Sequence[float], square: bool, band_radius: float = 0.0) -> List[reports.Column]:
     """How Table-2 rows look in robustness.csv (every value) and robustness.md."""
     e = eps[-1]
+    per_eps = lambda key, md, csv_name: [reports.field(key, md and f"{md} {v:g}", f"{csv_name}_{v:g}", index=i)
+                                         for i, v in enumerate(eps)]
+    band = []
+    if band_radius > 0:
+        r = f"{band_radius:g}"
+        band = (per_eps("pgd_low", f"PGD-LFC r={r}", f"pgd_low_r{r}") + per_eps("pgd_high", f"PGD-HFC r={r}",
+                                                                                   f"pgd_high_r{r}")
+                + per_eps("leak_low", None, f"leak_low_r{r}") + per_eps("leak_high", None, f"leak_high_r{r}"))
     return ([reports.field("name", "model", "model", fmt=str), reports.field("rho"), reports.field("bn_reestimated"),
              reports.field("clean", "clean")]
-            + [reports.field("fgsm", f"FGSM {v:g}", f"fgsm_{v:g}", index=i) for i, v in enumerate(eps)]
-            + [reports.field("pgd", f"PGD {v:g}", f"pgd_{v:g}", index=i) for i, v in enumerate(eps)]
+            + per_eps("fgsm", "FGSM", "fgsm") + per_eps("pgd", "PGD", "pgd") + band
             + [reports.field("pgd_strong", f"PGD-strong {e:g}"),
                reports.field("square", f"Square {e:g}" if square else None),
-               reports.field("worst_case", f"worst case {e:g}"), reports.field("roughness", "roughness")])
+               reports.field("worst_case", f"worst case {e:g}"), reports.field("roughness", "roughness")]
+            + per_eps("worst_case_per_eps", None, "worst_case"))
 
 
 # --------------------------------------------------------------------------- BatchNorm re-estimation

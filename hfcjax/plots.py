@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Sequence
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.ticker
 
 matplotlib.use("Agg")
@@ -161,6 +162,53 @@ def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("accuracy")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)
+
+
+def heatmaps(maps: Dict[str, np.ndarray], path, eps: float, radii: Sequence[float] = ()) -> str:
+    """Fourier heat maps side by side (error rate per frequency, zero frequency in the centre,
+    one colour scale shared by all maps, from their lowest to their highest error), with the
+    LFC/HFC circles of `radii`."""
+    names = list(maps)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names) + 0.8, 3.0), squeeze=False)
+    low = min(float(np.min(m)) for m in maps.values())
+    high = max(float(np.max(m)) for m in maps.values())
+    image = None
+    for ax, name in zip(axes[0], names):
+        error = np.asarray(maps[name])
+        h, w = error.shape
+        image = ax.imshow(error, cmap="magma", vmin=low, vmax=max(high, low + 1e-6), interpolation="nearest")
+        for r in radii:
+            ax.add_patch(matplotlib.patches.Circle((w // 2, h // 2), r, fill=False, color="cyan", lw=0.6, ls="--"))
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([0, w // 2, w - 1], [f"{-(w // 2)}", "0", f"{w - 1 - w // 2}"], fontsize=6)
+        ax.set_yticks([0, h // 2, h - 1], [f"{-(h // 2)}", "0", f"{h - 1 - h // 2}"], fontsize=6)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.03, label="error rate")
+    fig.suptitle(f"Fourier heat maps (L2 eps={eps:g}); dashed circles: radii {', '.join(f'{r:g}' for r in radii)}",
+                 fontsize=8)
+    return _save(fig, path)
+
+
+def perturbation_spectra(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
+    """Mean radial power spectrum of the successful perturbations (x_adv - x) of each attack
+    at the largest eps, one line per row (rho), log scale."""
+    attacks = [a for a in rows[0]["spectra"]]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.0 * len(attacks), 3.0), sharey=True, squeeze=False)
+    colours = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
+    for ax, attack in zip(axes[0], attacks):
+        for c, row in zip(colours, rows):
+            spectrum = row["spectra"][attack]
+            if spectrum and not isinstance(spectrum[0], float):
+                spectrum = spectrum[-1]  # one spectrum per eps: the largest
+            if spectrum:
+                ax.semilogy(np.arange(len(spectrum)), np.maximum(spectrum, 1e-12), color=c, label=row["name"])
+        ax.set_title(f"{attack} (eps={eps[-1]:g})", fontsize=8)
+        ax.set_xlabel("radius (frequency)", fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("mean power of successful perturbations", fontsize=7)
+    fullest = max(axes[0], key=lambda ax: len(ax.get_lines()))  # a panel may have no successful attack
+    if fullest.get_lines():
+        fig.legend(*fullest.get_legend_handles_labels(), fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _save(fig, path)
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hfcjax import checkpoints, data, evaluate, evaluators, smoothing, train
+from hfcjax import checkpoints, data, evaluate, evaluators, heatmap, smoothing, train
 
 FAST = dict(rhos=(0.0, 1.0), eps=(0.05, 0.1), num_examples=40, batch_size=20, pgd_steps=3, strong_restarts=2,
             square_queries=10, recalibrate_examples=200)
@@ -126,3 +126,27 @@ def test_batch_norm_reestimation_compiles_once_across_rhos(run_dir, count_compil
             smoothed = {**variables, "params": smoothing.smooth_params(variables["params"], rho)}
             evaluators.recalibrate_batch_stats(model, smoothed, images, batch_size=100, stats_fn=stats_fn)
     assert compiles["batch_stats_of"] == 1
+
+
+def test_heat_maps_band_limited_pgd_and_spectra_are_written(run_dir):
+    result = evaluate.evaluate(run_dir, **{**FAST, "recalibrate_bn": False, "heatmap_eps": 1.0, "band_radius": 4.0,
+                                           "num_examples": 20})
+    out = checkpoints.RunDir(run_dir).eval
+    maps = [np.load(out / "heatmap.npy"), np.load(out / "heatmap_rho1.npy")]
+    assert all(m.shape == (28, 28) and 0 <= m.min() <= m.max() <= 1 for m in maps)
+    inside, outside = result["heatmap"]["band_error"]["rho=0"]["r4"].values()
+    assert inside == pytest.approx(heatmap.band_means(maps[0], 4.0)[0])
+    for name in ("heatmap.png", "spectra.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    row = result["rows"][0]
+    assert len(row["pgd_low"]) == len(row["pgd_high"]) == len(row["leak_high"]) == 2
+    assert all(0 <= v <= 1 for v in row["leak_low"] + row["leak_high"])
+    assert row["worst_case_per_eps"][-1] == row["worst_case"]
+    assert row["worst_case_per_eps"][0] <= min(row["fgsm"][0], row["pgd"][0], row["pgd_low"][0], row["pgd_high"][0])
+    assert set(row["spectra"]) == {"fgsm", "pgd", "pgd_low", "pgd_high", "pgd_strong", "square"}
+    with open(out / "robustness.csv") as f:
+        header = next(csv.reader(f))
+    assert {"pgd_low_r4_0.05", "pgd_high_r4_0.1", "leak_high_r4_0.1", "worst_case_0.05"} <= set(header)
+    assert "PGD-HFC r=4 0.1" in (out / "robustness.md").read_text()
+    with pytest.raises(ValueError, match="config.band_radius must be a finite number >= 0"):
+        evaluate.evaluate(run_dir, **{**FAST, "band_radius": -1.0})
