@@ -189,6 +189,96 @@ def pgd(
     return best
 
 
+LOSSES = ("ce", "dlr")
+
+
+def dlr_loss(logits, labels):
+    """Difference of logits ratio (Croce & Hein 2020), per example: -(z_y - max_{i != y} z_i)
+    / (z_pi1 - z_pi3 + 1e-12), with z sorted in decreasing order. Shift- and scale-invariant;
+    needs at least 3 classes. > 0 means misclassified."""
+    top3 = jax.lax.top_k(logits, 3)[0]
+    return -margin(logits, labels) / (top3[:, 0] - top3[:, 2] + 1e-12)
+
+
+def apgd_checkpoints(steps: int) -> np.ndarray:
+    """The iterations at which APGD may halve its step: w_j = ceil(p_j * steps) with p_0 = 0,
+    p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return np.unique(np.ceil(np.asarray(p[:-1]) * steps).astype(int))
+
+
+def apgd(logits_fn: LogitsFn, images, labels, eps, *, steps: int = 100, loss: str = "ce", key=None,
+         momentum: float = 0.75, rho: float = 0.75, unroll: int | bool | None = None):
+    """Auto-PGD (Croce & Hein 2020), L-infinity: PGD with momentum whose step size starts at
+    2 eps and is halved at the checkpoints (`apgd_checkpoints`) where fewer than `rho` of the
+    steps since the last one raised the loss, or where neither the step nor the best loss
+    changed; after a halving it restarts from the best point. Returns the per-example point
+    of highest loss (`loss` "ce" or "dlr"). With `key`, starts uniformly in the eps-ball."""
+    check_inputs(logits_fn, images, labels, eps)
+    if loss not in LOSSES:
+        raise ValueError(f"unknown APGD loss {loss!r}; choose one of {LOSSES}.")
+    if steps < 1:
+        raise ValueError(f"APGD needs steps >= 1, got {steps}.")
+    if loss == "dlr":
+        classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(jnp.shape(images), jnp.result_type(images))).shape[-1]
+        if classes < 3:
+            raise ValueError(f"the DLR loss needs at least 3 classes, the model has {classes}; use loss='ce'.")
+    unroll = backend.pgd_unroll() if unroll is None else unroll
+    per_example = (lambda z: dlr_loss(logits_fn(z), labels)) if loss == "dlr" else (
+        lambda z: optax.softmax_cross_entropy_with_integer_labels(logits_fn(z), labels))
+
+    def loss_and_grad(z):
+        (_, losses), grad = jax.value_and_grad(lambda q: (jnp.sum(per_example(q)), per_example(q)),
+                                               has_aux=True)(z)
+        return losses, grad
+    checkpoints = apgd_checkpoints(steps)
+    is_checkpoint = np.zeros(steps + 1, bool)
+    is_checkpoint[checkpoints[1:]] = True
+    since = np.zeros(steps + 1, np.int32)  # steps since the previous checkpoint, at each checkpoint
+    since[checkpoints[1:]] = np.diff(checkpoints)
+    shape = (-1,) + (1,) * (images.ndim - 1)
+    x0 = images
+    if key is not None:
+        x0 = _project(images + jax.random.uniform(key, images.shape, images.dtype, -eps, eps), images, eps)
+    eta0 = jnp.full(images.shape[0], 2.0, images.dtype) * eps
+    loss0, grad0 = loss_and_grad(x0)
+    x1 = _project(x0 + eta0.reshape(shape) * jnp.sign(grad0), images, eps)
+    loss1, grad1 = loss_and_grad(x1)
+    better = loss1 > loss0
+    state = {"x": x1, "x_prev": x0, "grad": grad1, "loss": loss1, "eta": eta0,
+             "best_x": jnp.where(better.reshape(shape), x1, x0), "best_loss": jnp.maximum(loss0, loss1),
+             "best_grad": jnp.where(better.reshape(shape), grad1, grad0),
+             "increases": better.astype(jnp.int32), "ckpt_eta": eta0, "ckpt_best": jnp.maximum(loss0, loss1)}
+
+    def step(k, s):
+        z = _project(s["x"] + s["eta"].reshape(shape) * jnp.sign(s["grad"]), images, eps)
+        alpha = jnp.where(k == 1, 1.0, momentum)
+        x_new = _project(s["x"] + alpha * (z - s["x"]) + (1 - alpha) * (s["x"] - s["x_prev"]), images, eps)
+        loss_new, grad_new = loss_and_grad(x_new)
+        improved = loss_new > s["best_loss"]
+        best_x = jnp.where(improved.reshape(shape), x_new, s["best_x"])
+        best_grad = jnp.where(improved.reshape(shape), grad_new, s["best_grad"])
+        best_loss = jnp.maximum(loss_new, s["best_loss"])
+        increases = s["increases"] + (loss_new > s["loss"]).astype(jnp.int32)
+        at = jnp.asarray(is_checkpoint)[k + 1]
+        few_increases = increases < rho * jnp.asarray(since)[k + 1]
+        stalled = (s["ckpt_eta"] == s["eta"]) & (s["ckpt_best"] == best_loss)
+        halve = at & (few_increases | stalled)
+        eta = jnp.where(halve, s["eta"] / 2, s["eta"])
+        x_next = jnp.where(halve.reshape(shape), best_x, x_new)
+        grad_next = jnp.where(halve.reshape(shape), best_grad, grad_new)
+        return {"x": x_next, "x_prev": jnp.where(halve.reshape(shape), best_x, s["x"]), "grad": grad_next,
+                "loss": jnp.where(halve, best_loss, loss_new), "eta": eta, "best_x": best_x, "best_loss": best_loss,
+                "best_grad": best_grad,
+                "increases": jnp.where(at, 0, increases), "ckpt_eta": jnp.where(at, s["eta"], s["ckpt_eta"]),
+                "ckpt_best": jnp.where(at, best_loss, s["ckpt_best"])}
+
+    state = jax.lax.fori_loop(1, steps, step, state, unroll=unroll)
+    return state["best_x"]
+
+
 def per_example_loss(logits_fn: LogitsFn, images, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits_fn(images), labels)
 

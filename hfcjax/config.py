@@ -111,6 +111,7 @@ def eval_default() -> ml_collections.ConfigDict:
     e.heatmap_eps = 0.0  # > 0: Fourier heat map (Yin et al. 2019) at this L2 norm for every rho (0 = off)
     e.band_radius = 0.0  # > 0: also PGD confined to the LFC / HFC of this radius at every eps (0 = off)
     e.spectra = True  # radial spectra of the successful perturbations of every attack
+    e.apgd_steps = 0  # > 0: APGD-CE and APGD-DLR (Croce & Hein 2020) with this many steps at the largest eps
     e.seed = 0  # seed of the random attacks (random starts, Square)
     e.data_dir = ""  # '' = the data directory saved in the run's config
     return e
@@ -178,7 +179,7 @@ def validate_eval(e: ml_collections.ConfigDict) -> None:
     if not rhos or any(not (math.isfinite(r) and r >= 0) for r in rhos):
         raise ValueError(f"rho values must be finite and >= 0, got {rhos}.")
     for key, low in (("pgd_steps", 1), ("strong_restarts", 1), ("batch_size", 1), ("square_queries", 0),
-                     ("num_examples", 0), ("recalibrate_examples", 1), ("seed", 0)):
+                     ("num_examples", 0), ("recalibrate_examples", 1), ("seed", 0), ("apgd_steps", 0)):
         _int_at_least(e, key, low, f"an integer >= {low}")
     for key in ("heatmap_eps", "band_radius"):
         if not (math.isfinite(e[key]) and e[key] >= 0):

@@ -42,10 +42,13 @@ def evaluate(workdir, options: Optional[ml_collections.ConfigDict] = None, **ove
     log(f"evaluating {config.model} on {len(images)} {config.dataset} test images (checkpoint of epoch {epoch}); "
         f"rho {list(o.rhos)}, eps {list(o.eps)}, PGD-{o.pgd_steps} step eps*{o.pgd_step_fraction:g}, strong "
         f"PGD-{2 * o.pgd_steps} x{o.strong_restarts} random restarts, Square {o.square_queries} queries")
+    checks = evaluators.model_checks(apply_fn, variables, images[:o.batch_size], labels[:o.batch_size])
+    for warning in checks:
+        log(f"  warning [model]: {warning}")
     robustness = evaluators.RobustnessEvaluator(
         apply_fn, eps=o.eps, pgd_steps=o.pgd_steps, pgd_step_fraction=o.pgd_step_fraction,
         strong_restarts=o.strong_restarts, square_queries=o.square_queries, band_radius=o.band_radius,
-        spectra=o.spectra, batch_size=o.batch_size, seed=o.seed, log=log)
+        spectra=o.spectra, apgd_steps=o.apgd_steps, batch_size=o.batch_size, seed=o.seed, log=log)
     rows, kernels = evaluators.smoothing_grid(robustness, variables, images, labels, rhos=o.rhos, layers=o.layers,
                                               recalibrate=recalibrate)
     maps = {}
@@ -59,13 +62,20 @@ def evaluate(workdir, options: Optional[ml_collections.ConfigDict] = None, **ove
     result = {"workdir": str(workdir), "checkpoint_epoch": epoch, "num_examples": len(images), "eps": list(o.eps),
               "pgd": {"steps": o.pgd_steps, "step_fraction": o.pgd_step_fraction, "strong_steps": 2 * o.pgd_steps,
                       "strong_restarts": o.strong_restarts}, "square_queries": o.square_queries,
-              "layers": list(o.layers), "band_radius": o.band_radius, "rows": rows, "frequency": freq.summary()}
+              "layers": list(o.layers), "band_radius": o.band_radius, "apgd_steps": o.apgd_steps,
+              "model_checks": checks, "rows": rows, "frequency": freq.summary()}
     if maps:
         result["heatmap"] = {"eps": o.heatmap_eps, "band_error": {
             f"rho={rho:g}": {f"r{r:g}": dict(zip(("inside", "outside"), heatmap.band_means(m, r, inclusive=config.inclusive)))
                              for r in config.track_radii} for rho, m in maps.items()}}
     write_report(checkpoints.RunDir(workdir).eval, result, kernels, freq, images, config, maps)
     return result
+
+
+def columns_of(result: Dict):
+    """The table columns of an evaluation's rows (what it ran decides which there are)."""
+    apgd = [loss for loss in ("ce", "dlr") if f"apgd_{loss}" in result["rows"][0]]
+    return evaluators.robustness_columns(result["eps"], result["square_queries"] > 0, result["band_radius"], apgd)
 
 
 def load_split(config, o, split: str):
@@ -77,7 +87,7 @@ def write_report(out_dir, result: Dict, kernels: Dict[str, np.ndarray], freq: ev
     """robustness.{json,csv,md}, frequency.md, kernels.png, robustness.png, figure2.png; with
     spectra spectra.png; with heat maps heatmap.npy (the first rho), heatmap_rho<rho>.npy
     (the others) and heatmap.png."""
-    columns = evaluators.robustness_columns(result["eps"], result["square_queries"] > 0, result["band_radius"])
+    columns = columns_of(result)
     table = reports.write_table(out_dir, "robustness", result["rows"], columns, result)
     reports.atomic_write(out_dir / "frequency.md", freq.markdown() + "\n")
     plots.kernels(kernels, out_dir / "kernels.png")
@@ -127,6 +137,8 @@ def main(argv=None):
     flags.DEFINE_float("heatmap_eps", d.heatmap_eps, "Fourier heat map at this L2 norm for every rho (0 = off).")
     flags.DEFINE_float("band_radius", d.band_radius, "Also PGD confined to the LFC/HFC of this radius (0 = off).")
     flags.DEFINE_bool("spectra", d.spectra, "Radial spectra of the successful perturbations.")
+    flags.DEFINE_integer("apgd_steps", d.apgd_steps, "APGD-CE and APGD-DLR with this many steps at the largest eps "
+                         "(0 = off).")
 
     def run(argv):
         logging.set_verbosity(logging.WARNING)
@@ -137,7 +149,7 @@ def main(argv=None):
                      pgd_step_fraction=F.pgd_step_fraction, strong_restarts=F.restarts,
                      square_queries=F.square_queries, layers=F.layers, recalibrate_bn=F.recalibrate_bn,
                      epoch=F.epoch, data_dir=F.data_dir, seed=F.seed, heatmap_eps=F.heatmap_eps,
-                     band_radius=F.band_radius, spectra=F.spectra)
+                     band_radius=F.band_radius, spectra=F.spectra, apgd_steps=F.apgd_steps)
 
     app.run(run, argv, flags_parser=cli.parse_flags)
 

@@ -41,12 +41,13 @@ def _batched(images, labels, batch_size, mesh_sharding):
 
 def make_attack_counts(apply_fn: ApplyFn, *, pgd_steps: int, pgd_step_fraction: float, strong_restarts: int,
                        square_queries: int, band_radius: float = 0.0, spectra: bool = False,
-                       unroll: int | bool | None = None):
+                       apgd_steps: int = 0, unroll: int | bool | None = None):
     """(variables, images_u8, labels, mask, eps[E], key) -> sums over the batch: correct
     counts clean, FGSM[E], PGD[E], strong PGD and Square at max eps, the worst case at max eps
     and at every eps ([E]: every attack run at that eps failed); with `band_radius` > 0 also
     PGD confined to the LFC / HFC of that radius at every eps and the energy fraction its
-    perturbations leak out of the band; with `spectra` the radial spectrum of successful
+    perturbations leak out of the band; with `apgd_steps` > 0 APGD-CE and (3+ classes)
+    APGD-DLR at max eps, also in the worst case; with `spectra` the radial spectrum of successful
     perturbations (clean right, attacked wrong) per attack, and how many there were."""
 
     def counts(variables, images_u8, labels, mask, eps, key):
@@ -81,9 +82,17 @@ def make_attack_counts(apply_fn: ApplyFn, *, pgd_steps: int, pgd_step_fraction: 
         if square_queries > 0:
             advs["square"] = attacks.square(logits_fn, x, labels, e_max, key=square_key, queries=square_queries)
             oks["square"] = correct(advs["square"])
+        if apgd_steps > 0:
+            losses = ("ce", "dlr") if jax.eval_shape(logits_fn, x).shape[-1] >= 3 else ("ce",)
+            for loss in losses:
+                advs[f"apgd_{loss}"] = attacks.apgd(logits_fn, x, labels, e_max, steps=apgd_steps, loss=loss,
+                                                    unroll=unroll)
+                oks[f"apgd_{loss}"] = correct(advs[f"apgd_{loss}"])
         # Worst case per example: robust only if every attack run at that eps failed.
         every_eps = jnp.all(jnp.stack([v for k, v in oks.items() if k in per_ok]), axis=0)  # [E, B]
-        at_max = every_eps[-1] & oks["pgd_strong"] & oks.get("square", True)
+        at_max = every_eps[-1]
+        for name in oks.keys() - per_ok.keys():
+            at_max = at_max & oks[name]
         out = {"clean": count(clean_ok), **{k: count(v) for k, v in oks.items()},
                "worst_case": count(at_max), "worst_case_per_eps": count(every_eps.at[-1].set(at_max))}
         if "square" not in oks:
@@ -123,6 +132,29 @@ def sanity_warnings(row: Mapping, eps: Sequence[float], n: int) -> List[str]:
     return warn
 
 
+def model_checks(apply_fn: ApplyFn, variables, images_u8: np.ndarray, labels: np.ndarray, *,
+                 key: jax.Array = None) -> List[str]:
+    """AutoAttack's sanity checks of the model itself, on one batch: an output that changes
+    between two identical passes (randomness), an output that looks like probabilities (a
+    softmax layer), and images whose input gradient is exactly zero. Each finding is a warning."""
+    x = measure.to_unit(jnp.asarray(images_u8))
+    first, second = apply_fn(variables, x), apply_fn(variables, x)
+    warn = []
+    if not np.allclose(np.asarray(first), np.asarray(second)):
+        warn.append("the model's output changes between two identical passes (randomness at inference): attacks "
+                    "and accuracies are unreliable; evaluate it deterministically")
+    out = np.asarray(first, np.float64)
+    if out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(-1), 1, atol=1e-4):
+        warn.append("the model's outputs look like probabilities (a softmax output layer?): attacks expect "
+                    "logits; gradients through a second softmax vanish")
+    grad = attacks.input_gradient(lambda z: apply_fn(variables, z), x, jnp.asarray(labels))
+    zero = int(np.sum(np.all(np.asarray(grad).reshape(len(x), -1) == 0, axis=1)))
+    if zero:
+        warn.append(f"{zero} of {len(x)} images have an input gradient of exactly zero: gradient-based attacks "
+                    "cannot move them (gradient masking); trust the gradient-free attacks there")
+    return warn
+
+
 class RobustnessEvaluator:
     """Accuracy under FGSM/PGD at every eps and the masking referees at the largest eps.
 
@@ -131,17 +163,17 @@ class RobustnessEvaluator:
 
     def __init__(self, apply_fn: ApplyFn, *, eps: Sequence[float], pgd_steps: int = 20,
                  pgd_step_fraction: float = 0.125, strong_restarts: int = 3, square_queries: int = 300,
-                 band_radius: float = 0.0, spectra: bool = False, batch_size: int = 200, seed: int = 0,
-                 log: Log = print):
+                 band_radius: float = 0.0, spectra: bool = False, apgd_steps: int = 0, batch_size: int = 200,
+                 seed: int = 0, log: Log = print):
         self.eps, self.square_queries, self.seed, self.log = list(eps), square_queries, seed, log
-        self.band_radius, self.spectra = band_radius, spectra
+        self.band_radius, self.spectra, self.apgd_steps = band_radius, spectra, apgd_steps
         self.mesh = sharding.make_mesh()
         self.batch_size = -(-batch_size // self.mesh.size) * self.mesh.size
         repl, self.batch_sh = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
         self.counts = jax.jit(
             make_attack_counts(apply_fn, pgd_steps=pgd_steps, pgd_step_fraction=pgd_step_fraction,
                                strong_restarts=strong_restarts, square_queries=square_queries,
-                               band_radius=band_radius, spectra=spectra),
+                               band_radius=band_radius, spectra=spectra, apgd_steps=apgd_steps),
             in_shardings=(repl, self.batch_sh, self.batch_sh, self.batch_sh, repl, repl), out_shardings=repl,
             compiler_options=backend.eval_compiler_options())
 
@@ -149,7 +181,7 @@ class RobustnessEvaluator:
         """{clean, fgsm[E], pgd[E], pgd_strong, square (None when off), worst_case,
         worst_case_per_eps[E], seconds, warnings}, with `band_radius` also pgd_low[E],
         pgd_high[E], leak_low[E], leak_high[E] (mean energy fraction out of the band), and with
-        `spectra` a "spectra" dict {attack: mean radial spectrum of its successful
+        `apgd_steps` apgd_ce (and apgd_dlr) at max eps, with `spectra` a "spectra" dict {attack: mean radial spectrum of its successful
         perturbations, [E][R] or [R] (None where none succeeded)}: accuracies over `images_u8`,
         progress logged with an ETA."""
         eps = jnp.asarray(np.asarray(self.eps, np.float32))
@@ -166,6 +198,9 @@ class RobustnessEvaluator:
                "pgd_strong": float(acc["pgd_strong"]),
                "square": float(acc["square"]) if self.square_queries else None,
                "worst_case": float(acc["worst_case"]), "worst_case_per_eps": acc["worst_case_per_eps"].tolist()}
+        for loss in ("ce", "dlr"):
+            if f"apgd_{loss}" in acc:
+                row[f"apgd_{loss}"] = float(acc[f"apgd_{loss}"])
         if self.band_radius > 0:
             for kind in attacks.BANDS:
                 row[f"pgd_{kind}"] = acc[f"pgd_{kind}"].tolist()
@@ -243,8 +278,10 @@ class HeatmapEvaluator:
         return 1.0 - np.asarray(total, np.float64) / n
 
 
-def robustness_columns(eps: Sequence[float], square: bool, band_radius: float = 0.0) -> List[reports.Column]:
-    """How Table-2 rows look in robustness.csv (every value) and robustness.md."""
+def robustness_columns(eps: Sequence[float], square: bool, band_radius: float = 0.0,
+                       apgd: Sequence[str] = ()) -> List[reports.Column]:
+    """How Table-2 rows look in robustness.csv (every value) and robustness.md; `apgd` names
+    the APGD losses the rows have."""
     e = eps[-1]
     per_eps = lambda key, md, csv_name: [reports.field(key, md and f"{md} {v:g}", f"{csv_name}_{v:g}", index=i)
                                          for i, v in enumerate(eps)]
@@ -258,7 +295,9 @@ def robustness_columns(eps: Sequence[float], square: bool, band_radius: float = 
              reports.field("clean", "clean")]
             + per_eps("fgsm", "FGSM", "fgsm") + per_eps("pgd", "PGD", "pgd") + band
             + [reports.field("pgd_strong", f"PGD-strong {e:g}"),
-               reports.field("square", f"Square {e:g}" if square else None),
+               reports.field("square", f"Square {e:g}" if square else None)]
+            + [reports.field(f"apgd_{loss}", f"APGD-{loss.upper()} {e:g}") for loss in apgd]
+            + [
                reports.field("worst_case", f"worst case {e:g}"), reports.field("roughness", "roughness")]
             + per_eps("worst_case_per_eps", None, "worst_case"))
 

@@ -24,7 +24,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import ml_collections
 
-from hfcjax import config as config_lib, evaluate as evaluate_lib, evaluators, measure, plots, reports, train
+from hfcjax import config as config_lib, evaluate as evaluate_lib, measure, plots, reports, train
 
 RADII = (4, 8, 12, 16)
 Run = Tuple[str, Dict]
@@ -106,8 +106,8 @@ def reproduce(experiment: str, base: ml_collections.ConfigDict, workdir, *, only
         rows.append(final_row(name, histories[name], config.track_radii))
         if experiment in EVALUATED:
             result = evaluate_lib.evaluate(workdir / name, **(eval_options or {}))
-            columns = evaluators.robustness_columns(result["eps"], result["square_queries"] > 0)
-            tables.append(f"### {name}\n\n" + reports.render_markdown(result["rows"], columns) + "\n")
+            tables.append(f"### {name}\n\n" + reports.render_markdown(result["rows"], evaluate_lib.columns_of(result))
+                          + "\n")
     figures = []
     for split in measure.SPLITS:
         path = plots.compare_runs(histories, base.track_radii, workdir / f"{experiment}_{split}.png", split=split,

@@ -231,3 +231,52 @@ def test_bad_norm_band_and_radius_are_one_line():
         attacks.pgd(logits_fn, images, labels, 0.1, step_size=0.1, steps=1, band=("mid", 2.0))
     with pytest.raises(ValueError, match=r"band radius must lie in \[0, 5.66\) for 8x8 images"):
         attacks.pgd(logits_fn, images, labels, 0.1, step_size=0.1, steps=1, band=("high", 6.0))
+
+
+# --------------------------------------------------------------------------- APGD and DLR
+
+
+def test_dlr_loss_matches_numpy_and_is_scale_and_shift_invariant():
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(7, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 7)
+    z = np.sort(logits, -1)[:, ::-1]
+    others = np.where(np.eye(5, dtype=bool)[labels], -np.inf, logits).max(-1)
+    expected = -(logits[np.arange(7), labels] - others) / (z[:, 0] - z[:, 2] + 1e-12)
+    got = attacks.dlr_loss(jnp.asarray(logits), jnp.asarray(labels))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    np.testing.assert_allclose(attacks.dlr_loss(jnp.asarray(3 * logits + 2), jnp.asarray(labels)), expected, rtol=1e-4)
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    w = attacks.apgd_checkpoints(100)
+    assert w[0] == 0 and w[1] == 22 and w[-1] < 100 and np.all(np.diff(w) >= 6)
+    gaps = np.diff(w)
+    assert np.all(gaps[1:] <= gaps[:-1])  # the gaps shrink, down to 0.06 N
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_is_at_least_as_strong_as_pgd_and_stays_in_the_ball(loss):
+    rng = np.random.default_rng(5)
+    weights = rng.normal(size=(6 * 6 * 1, 4)).astype(np.float32)
+    logits_fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ weights) * 3  # non-linear: steps matter
+    x = jnp.asarray(rng.uniform(0.2, 0.8, size=(40, 6, 6, 1)), jnp.float32)
+    y = jnp.asarray(np.argmax(np.asarray(logits_fn(x)), -1))
+    eps = 0.05
+    adv = attacks.apgd(logits_fn, x, y, eps, steps=30, loss=loss)
+    assert float(jnp.max(jnp.abs(adv - x))) <= eps + 1e-6 and 0 <= float(adv.min()) and float(adv.max()) <= 1
+    pgd = attacks.pgd(logits_fn, x, y, eps, step_size=eps / 4, steps=30)
+    acc = lambda z: float(np.mean(np.argmax(np.asarray(logits_fn(z)), -1) == np.asarray(y)))
+    assert acc(adv) <= acc(pgd) + 2 / 40 and acc(adv) < 1.0
+    np.testing.assert_array_equal(adv, attacks.apgd(logits_fn, x, y, eps, steps=30, loss=loss))  # deterministic
+    np.testing.assert_array_equal(attacks.apgd(logits_fn, x, y, 0.0, steps=5, loss=loss), x)
+
+
+def test_apgd_bad_input():
+    logits_fn = lambda x: x.reshape(x.shape[0], -1)[:, :2]
+    x = jnp.full((2, 4, 4, 1), 0.5)
+    y = jnp.zeros(2, jnp.int32)
+    with pytest.raises(ValueError, match="needs at least 3 classes"):
+        attacks.apgd(logits_fn, x, y, 0.1, loss="dlr")
+    with pytest.raises(ValueError, match="unknown APGD loss 'cw'"):
+        attacks.apgd(logits_fn, x, y, 0.1, loss="cw")

@@ -130,8 +130,9 @@ def test_batch_norm_reestimation_compiles_once_across_rhos(run_dir, count_compil
 
 def test_heat_maps_band_limited_pgd_and_spectra_are_written(run_dir):
     result = evaluate.evaluate(run_dir, **{**FAST, "recalibrate_bn": False, "heatmap_eps": 1.0, "band_radius": 4.0,
-                                           "num_examples": 20})
+                                           "num_examples": 20, "apgd_steps": 3})
     out = checkpoints.RunDir(run_dir).eval
+    assert result["model_checks"] == [] and result["apgd_steps"] == 3
     maps = [np.load(out / "heatmap.npy"), np.load(out / "heatmap_rho1.npy")]
     assert all(m.shape == (28, 28) and 0 <= m.min() <= m.max() <= 1 for m in maps)
     inside, outside = result["heatmap"]["band_error"]["rho=0"]["r4"].values()
@@ -143,10 +144,13 @@ def test_heat_maps_band_limited_pgd_and_spectra_are_written(run_dir):
     assert all(0 <= v <= 1 for v in row["leak_low"] + row["leak_high"])
     assert row["worst_case_per_eps"][-1] == row["worst_case"]
     assert row["worst_case_per_eps"][0] <= min(row["fgsm"][0], row["pgd"][0], row["pgd_low"][0], row["pgd_high"][0])
-    assert set(row["spectra"]) == {"fgsm", "pgd", "pgd_low", "pgd_high", "pgd_strong", "square"}
+    assert set(row["spectra"]) == {"fgsm", "pgd", "pgd_low", "pgd_high", "pgd_strong", "square", "apgd_ce",
+                                   "apgd_dlr"}
+    assert row["worst_case"] <= min(row["apgd_ce"], row["apgd_dlr"], row["pgd_strong"], row["square"])
     with open(out / "robustness.csv") as f:
         header = next(csv.reader(f))
     assert {"pgd_low_r4_0.05", "pgd_high_r4_0.1", "leak_high_r4_0.1", "worst_case_0.05"} <= set(header)
     assert "PGD-HFC r=4 0.1" in (out / "robustness.md").read_text()
+    assert "| APGD-CE 0.1 | APGD-DLR 0.1 |" in (out / "robustness.md").read_text()
     with pytest.raises(ValueError, match="config.band_radius must be a finite number >= 0"):
         evaluate.evaluate(run_dir, **{**FAST, "band_radius": -1.0})

@@ -3,6 +3,7 @@ function (variables {}), checked against numpy; the smoothing grid on a Flax con
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -84,3 +85,20 @@ def test_smoothing_grid_rows_and_kernels():
     assert rows[0]["square"] is None and rows[1]["roughness"] < rows[0]["roughness"]
     with pytest.raises(ValueError, match="no convolution kernel matches"):
         evaluators.smoothing_grid(evaluator, variables, images, labels, rhos=[0.0], layers=["^nothing$"])
+
+
+def test_model_checks_flag_randomness_softmax_outputs_and_zero_gradients(linear):
+    apply_fn, weights, images, labels = linear
+    assert evaluators.model_checks(apply_fn, {}, images, labels) == []
+    softmax = lambda v, x: jax.nn.softmax(apply_fn(v, x))
+    assert any("look like probabilities" in w for w in evaluators.model_checks(softmax, {}, images, labels))
+    calls = []
+
+    def noisy(v, x):
+        calls.append(1)
+        return apply_fn(v, x) + 0.1 * len(calls)
+
+    assert any("randomness" in w for w in evaluators.model_checks(noisy, {}, images, labels))
+    flat = lambda v, x: jnp.round(apply_fn(v, x))  # piecewise constant: zero gradient everywhere
+    warnings = evaluators.model_checks(flat, {}, images, labels)
+    assert any(w.startswith("30 of 30 images have an input gradient of exactly zero") for w in warnings)
