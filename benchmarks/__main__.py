@@ -1,4 +1,4 @@
-"""python -m benchmarks [--only split,train,attacks] [--out docs/benchmarks_<cpu|gpu>.md]
+"""python -m benchmarks [--only split,attacks,beyond,train] [--out docs/benchmarks_<cpu|gpu>.md]
 
 Runs every benchmark, prints one table of measurements and ratios against baselines
 measured in the same run, and writes it (with the machine) to the output Markdown file.
@@ -17,7 +17,7 @@ from hfcjax import reports
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", default="split,train,attacks")
+    parser.add_argument("--only", default="split,attacks,beyond,train")
     parser.add_argument("--out", default=None, help="default: docs/benchmarks_<platform>.md")
     args = parser.parse_args()
     wanted = args.only.split(",")
@@ -30,6 +30,10 @@ def main():
         from benchmarks import bench_attacks
 
         rows += print_rows(bench_attacks.run())
+    if "beyond" in wanted:
+        from benchmarks import bench_attacks
+
+        rows += print_rows(bench_attacks.beyond_rows())
     if "train" in wanted:
         from benchmarks import bench_train
 

@@ -103,3 +103,49 @@ def torchattacks_row(batch, x_u8, gpu, t_ours):
     t = best_time(run, reps=3)
     return (f"PGD-10 batch {batch}: torchattacks 3.5 (PyTorch fp32 eager)", batch / t, "img/s", t / t_ours,
             "hfcjax's speed-up over it")
+
+
+def beyond_rows():
+    """Issue 14's speed goals: the Fourier heat map against the forward passes it needs,
+    APGD-k against k forward+backward passes, L2 PGD against L-infinity PGD."""
+    from hfcjax import heatmap
+
+    gpu = on_gpu()
+    rows = []
+    # Heat map: MNIST CNN on real 32x32x3 CIFAR images, every basis of the 32x32 grid.
+    batch = 256 if gpu else 64
+    model = models.create_model("mnist_cnn", 10, batch_norm=False)
+    x = jnp.asarray(cifar_images(batch), jnp.float32) / 255
+    y = jnp.asarray(np.arange(batch) % 10, jnp.int32)
+    variables = model.init(jax.random.key(0), x[:1])
+    bases = len(heatmap.basis_frequencies(32, 32)[0])
+    heat = jax.jit(lambda v, z, t: heatmap.heatmap_counts(lambda q: model.apply(v, q), z, t, 2.0,
+                                                          key=jax.random.key(0), basis_chunk=8))
+    forward = jax.jit(lambda v, z: jnp.argmax(model.apply(v, z), -1))
+    t_heat = best_time(lambda: jax.block_until_ready(heat(variables, x, y)), reps=2)
+    t_fwd = best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=5)
+    rows.append((f"Fourier heat map, MNIST CNN, {bases} bases x {batch} images", bases * batch / t_heat,
+                 "img-bases/s", t_heat / (bases * t_fwd), f"time / ({bases} forward passes) (goal <= 1.2)"))
+    # APGD and L2 PGD on ResNet-18, as the PGD rows above.
+    batch = 512 if gpu else 32
+    dtype = "bfloat16" if gpu else "float32"
+    model = models.create_model("resnet18", 10, batch_norm=True, dtype=dtype)
+    x = jnp.asarray(cifar_images(batch), jnp.float32) / 255
+    y = jnp.asarray(np.arange(batch) % 10, jnp.int32)
+    variables = model.init(jax.random.key(0), x[:1])
+    logits = lambda v, z: model.apply(v, z, train=False)
+    grad = jax.jit(lambda v, z, t: attacks.input_gradient(lambda q: logits(v, q), z, t))
+    t_grad = best_time(lambda: jax.block_until_ready(grad(variables, x, y)), reps=5)
+    for loss in ("ce", "dlr"):
+        apgd = jax.jit(lambda v, z, t, l=loss: attacks.apgd(lambda q: logits(v, q), z, t, EPS, steps=STEPS, loss=l))
+        t = best_time(lambda: jax.block_until_ready(apgd(variables, x, y)), reps=2)
+        rows.append((f"APGD-{loss.upper()}-{STEPS} batch {batch} {dtype}", batch / t, "img/s", t / (STEPS * t_grad),
+                     f"time / ({STEPS} x fwd+bwd) (goal <= 1.2)"))
+    times = {}
+    for norm, eps in (("linf", EPS), ("l2", 0.5)):
+        pgd = jax.jit(lambda v, z, t, n=norm, e=eps: attacks.pgd(lambda q: logits(v, q), z, t, e, step_size=e / 4,
+                                                                  steps=STEPS, norm=n))
+        times[norm] = best_time(lambda: jax.block_until_ready(pgd(variables, x, y)), reps=2)
+    rows.append((f"PGD-{STEPS} L2 batch {batch} {dtype}", batch / times["l2"], "img/s", times["l2"] / times["linf"],
+                 "time / L-inf PGD's (goal <= 1.0)"))
+    return rows
