@@ -1,6 +1,8 @@
 """Robustness and frequency report of a trained run (Section 6, Table 2, Figures 2 and 7).
 
     python -m hfcjax.evaluate --workdir DIR [--rho 0,0.1,0.25,0.5,1] [--eps 0.03,0.06,0.09]
+    python -m hfcjax.evaluate --model PACKAGE.MODULE:FACTORY --data FILE.npz --out DIR
+        [--mean 0.49,0.48,0.45 --std 0.25,0.24,0.26] [--layout NCHW]
 
 A composition: the model variables and config come from `checkpoints.restore_model`
 (never the optimizer state), the numbers from `evaluators.smoothing_grid` with a
@@ -12,12 +14,13 @@ defaults are `config.eval_default()`.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Dict, Optional
 
 import ml_collections
 import numpy as np
 
-from hfcjax import checkpoints, config as config_lib, data, evaluators, heatmap, measure, plots, reports
+from hfcjax import checkpoints, config as config_lib, data, evaluators, external, heatmap, measure, plots, reports
 
 
 def log(message: str) -> None:
@@ -31,17 +34,48 @@ def evaluate(workdir, options: Optional[ml_collections.ConfigDict] = None, **ove
     o = options if options is not None else config_lib.eval_config(**overrides)
     config, model, variables, epoch = checkpoints.restore_model(workdir, o.epoch)
     images, labels = load_split(config, o, "test")
-    if o.num_examples:
-        images, labels = images[:o.num_examples], labels[:o.num_examples]
     recalibrate = None
     if "batch_stats" in variables and o.recalibrate_bn in ("auto", "yes"):
         train_images = load_split(config, o, "train")[0][:o.recalibrate_examples]
         recalibrate = partial(evaluators.recalibrate_batch_stats, model, images_u8=train_images,
                               stats_fn=evaluators.make_batch_stats_fn(model))
-    apply_fn = lambda v, x: model.apply(v, x, train=False)
-    log(f"evaluating {config.model} on {len(images)} {config.dataset} test images (checkpoint of epoch {epoch}); "
-        f"rho {list(o.rhos)}, eps {list(o.eps)}, PGD-{o.pgd_steps} step eps*{o.pgd_step_fraction:g}, strong "
-        f"PGD-{2 * o.pgd_steps} x{o.strong_restarts} random restarts, Square {o.square_queries} queries")
+    log(f"evaluating {config.model} on {config.dataset} (checkpoint of epoch {epoch})")
+    return analyse(lambda v, x: model.apply(v, x, train=False), variables, images, labels,
+                   checkpoints.RunDir(workdir).eval, o, radii=config.track_radii, inclusive=config.inclusive,
+                   class_names=data.get_spec(config.dataset).class_names, recalibrate=recalibrate,
+                   about={"workdir": str(workdir), "checkpoint_epoch": epoch})
+
+
+def analyse_model(model, images, labels, out_dir=None, *, variables=None, preprocess=None, radii=None,
+                  class_names=(), options: Optional[ml_collections.ConfigDict] = None, **overrides) -> Dict:
+    """The whole report for any model: `model` is a ``logits_fn(images)``, a Flax module
+    (with `variables`) or a ``(module, variables)`` pair; `images` uint8 [N, H, W, C] (or
+    floats in [0, 1]) and integer `labels`; `preprocess` (`external.Preprocess`: mean/std,
+    NCHW) runs inside the model, after attacks and splits. Writes the same files as a
+    workdir's evaluation into `out_dir` (when given) and returns robustness.json's content.
+    Smoothing (rho > 0) needs parameters: a plain logits_fn is evaluated at rho = 0 only."""
+    o = options if options is not None else config_lib.eval_config(**overrides)
+    images, labels = np.asarray(images), np.asarray(labels)
+    preprocess = preprocess or external.Preprocess()
+    preprocess.check(images.shape[-1])
+    apply_fn, variables = external.apply_fn_of(model, variables, preprocess)
+    external.check_labels(labels, external.num_classes(apply_fn, variables, images.shape[1:], preprocess.layout))
+    if "params" not in variables and list(o.rhos) != [0.0]:
+        log("a plain logits_fn has no parameters to smooth: evaluating rho = 0 only")
+        o = config_lib.eval_config(**{**o.to_dict(), "rhos": (0.0,)})
+    return analyse(apply_fn, variables, images, labels, out_dir, o,
+                   radii=radii or external.default_radii(*images.shape[1:3]), class_names=class_names)
+
+
+def analyse(apply_fn, variables, images, labels, out_dir, o, *, radii, inclusive: bool = True, class_names=(),
+            recalibrate=None, about: Optional[Dict] = None) -> Dict:
+    """The evaluators on `apply_fn(variables, x)`: robustness grid over the rhos, heat maps,
+    frequency report; files into `out_dir` (when given), only after everything is computed."""
+    if o.num_examples:
+        images, labels = images[:o.num_examples], labels[:o.num_examples]
+    log(f"{len(images)} images; rho {list(o.rhos)}, eps {list(o.eps)}, PGD-{o.pgd_steps} step "
+        f"eps*{o.pgd_step_fraction:g}, strong PGD-{2 * o.pgd_steps} x{o.strong_restarts} random restarts, "
+        f"Square {o.square_queries} queries")
     checks = evaluators.model_checks(apply_fn, variables, images[:o.batch_size], labels[:o.batch_size])
     for warning in checks:
         log(f"  warning [model]: {warning}")
@@ -49,26 +83,31 @@ def evaluate(workdir, options: Optional[ml_collections.ConfigDict] = None, **ove
         apply_fn, eps=o.eps, pgd_steps=o.pgd_steps, pgd_step_fraction=o.pgd_step_fraction,
         strong_restarts=o.strong_restarts, square_queries=o.square_queries, band_radius=o.band_radius,
         spectra=o.spectra, apgd_steps=o.apgd_steps, batch_size=o.batch_size, seed=o.seed, log=log)
-    rows, kernels = evaluators.smoothing_grid(robustness, variables, images, labels, rhos=o.rhos, layers=o.layers,
-                                              recalibrate=recalibrate)
+    if "params" in variables:
+        rows, kernels = evaluators.smoothing_grid(robustness, variables, images, labels, rhos=o.rhos,
+                                                  layers=o.layers, recalibrate=recalibrate)
+        variants = [(rho, v) for _, rho, _, v in evaluators.smoothed_variants(variables, rhos=o.rhos, layers=o.layers)]
+    else:
+        rows = [{"name": "rho=0", "rho": 0.0, "bn_reestimated": False, **robustness.run(variables, images, labels),
+                 "roughness": None}]
+        kernels, variants = {}, [(0.0, variables)]
     maps = {}
     if o.heatmap_eps > 0:
         heat = evaluators.HeatmapEvaluator(apply_fn, eps=o.heatmap_eps, batch_size=o.batch_size, seed=o.seed, log=log)
-        maps = {rho: heat.run(v, images, labels, name)
-                for name, rho, _, v in evaluators.smoothed_variants(variables, rhos=o.rhos, layers=o.layers)}
-    freq = evaluators.FrequencyEvaluator(apply_fn, radii=config.track_radii, ranks=o.svd_ranks,
-                                         inclusive=config.inclusive, batch_size=o.batch_size).run(variables, images,
-                                                                                                  labels)
-    result = {"workdir": str(workdir), "checkpoint_epoch": epoch, "num_examples": len(images), "eps": list(o.eps),
+        maps = {rho: heat.run(v, images, labels, f"rho={rho:g}") for rho, v in variants}
+    freq = evaluators.FrequencyEvaluator(apply_fn, radii=radii, ranks=o.svd_ranks, inclusive=inclusive,
+                                         batch_size=o.batch_size).run(variables, images, labels)
+    result = {**(about or {}), "num_examples": len(images), "eps": list(o.eps),
               "pgd": {"steps": o.pgd_steps, "step_fraction": o.pgd_step_fraction, "strong_steps": 2 * o.pgd_steps,
                       "strong_restarts": o.strong_restarts}, "square_queries": o.square_queries,
               "layers": list(o.layers), "band_radius": o.band_radius, "apgd_steps": o.apgd_steps,
               "model_checks": checks, "rows": rows, "frequency": freq.summary()}
-    if maps:
-        result["heatmap"] = {"eps": o.heatmap_eps, "band_error": {
-            f"rho={rho:g}": {f"r{r:g}": dict(zip(("inside", "outside"), heatmap.band_means(m, r, inclusive=config.inclusive)))
-                             for r in config.track_radii} for rho, m in maps.items()}}
-    write_report(checkpoints.RunDir(workdir).eval, result, kernels, freq, images, config, maps)
+    if maps:  # the heat map in the paper's language: mean error inside / outside every radius
+        bands = lambda m: {f"r{r:g}": dict(zip(("inside", "outside"), heatmap.band_means(m, r, inclusive=inclusive)))
+                           for r in radii}
+        result["heatmap"] = {"eps": o.heatmap_eps, "band_error": {f"rho={rho:g}": bands(m) for rho, m in maps.items()}}
+    if out_dir is not None:
+        write_report(Path(out_dir), result, kernels, freq, images, maps, inclusive=inclusive, class_names=class_names)
     return result
 
 
@@ -82,15 +121,16 @@ def load_split(config, o, split: str):
     return data.load(config.dataset, split, source=config.data_source, data_dir=o.data_dir or config.data_dir or None)
 
 
-def write_report(out_dir, result: Dict, kernels: Dict[str, np.ndarray], freq: evaluators.FrequencyReport,
-                 images: np.ndarray, config, maps: Dict[float, np.ndarray]) -> None:
+def write_report(out_dir: Path, result: Dict, kernels: Dict[str, np.ndarray], freq: evaluators.FrequencyReport,
+                 images: np.ndarray, maps: Dict[float, np.ndarray], *, inclusive: bool, class_names=()) -> None:
     """robustness.{json,csv,md}, frequency.md, kernels.png, robustness.png, figure2.png; with
     spectra spectra.png; with heat maps heatmap.npy (the first rho), heatmap_rho<rho>.npy
     (the others) and heatmap.png."""
     columns = columns_of(result)
     table = reports.write_table(out_dir, "robustness", result["rows"], columns, result)
     reports.atomic_write(out_dir / "frequency.md", freq.markdown() + "\n")
-    plots.kernels(kernels, out_dir / "kernels.png")
+    if kernels:
+        plots.kernels(kernels, out_dir / "kernels.png")
     plots.robustness_curves([r for r in result["rows"] if not r["bn_reestimated"]], result["eps"],
                             out_dir / "robustness.png")
     plain = [r for r in result["rows"] if not r["bn_reestimated"]]
@@ -102,11 +142,11 @@ def write_report(out_dir, result: Dict, kernels: Dict[str, np.ndarray], freq: ev
                 np.save(f, error)
     if maps:
         plots.heatmaps({f"rho={rho:g}": m for rho, m in maps.items()}, out_dir / "heatmap.png",
-                       eps=result["heatmap"]["eps"], radii=config.track_radii)
+                       eps=result["heatmap"]["eps"], radii=freq.radii)
     radius, idx = measure.figure2_examples(freq.correct, freq.radii)
     if radius is not None:
         plots.figure2(images[idx], radius, freq.figure2_rows(idx, radius), out_dir / "figure2.png",
-                           inclusive=config.inclusive, class_names=data.get_spec(config.dataset).class_names)
+                      inclusive=inclusive, class_names=class_names or None)
     log("\n" + table + "\n\n" + freq.markdown() + f"\n\nwritten to {out_dir}/")
 
 
@@ -119,7 +159,15 @@ def main(argv=None):
     from hfcjax import cli
 
     d = config_lib.eval_default()
-    flags.DEFINE_string("workdir", None, "Training run directory (holds checkpoints/).", required=True)
+    flags.DEFINE_string("workdir", None, "Training run directory (holds checkpoints/); or --model/--data/--out.")
+    flags.DEFINE_string("model", None, "Your own model: package.module:factory, factory() returning a logits_fn "
+                        "or a (flax module, variables) pair.")
+    flags.DEFINE_string("data", None, "With --model: .npz with images (uint8 [N,H,W,C] or floats in [0, 1]) and "
+                        "integer labels [N].")
+    flags.DEFINE_string("out", None, "With --model: the folder for the report (the files of DIR/eval/).")
+    flags.DEFINE_list("mean", None, "With --model: per-channel mean the model subtracts (inside the model).")
+    flags.DEFINE_list("std", None, "With --model: per-channel std the model divides by (inside the model).")
+    flags.DEFINE_enum("layout", "NHWC", list(external.LAYOUTS), "With --model: the model's input layout.")
     flags.DEFINE_list("rho", [f"{v:g}" for v in d.rhos], "Comma-separated smoothing strengths (Eq. 3).")
     flags.DEFINE_list("eps", [f"{v:g}" for v in d.eps], "Comma-separated L-inf budgets (pixels in [0, 1]).")
     flags.DEFINE_integer("num_examples", d.num_examples, "Evaluate the first N test images (0 = all).")
@@ -144,12 +192,24 @@ def main(argv=None):
         logging.set_verbosity(logging.WARNING)
         F = flags.FLAGS
         with cli.clear_errors():
-            evaluate(F.workdir, rhos=cli.floats(F.rho, "rho"), eps=cli.floats(F.eps, "eps"),
-                     num_examples=F.num_examples, batch_size=F.batch_size, pgd_steps=F.pgd_steps,
-                     pgd_step_fraction=F.pgd_step_fraction, strong_restarts=F.restarts,
-                     square_queries=F.square_queries, layers=F.layers, recalibrate_bn=F.recalibrate_bn,
-                     epoch=F.epoch, data_dir=F.data_dir, seed=F.seed, heatmap_eps=F.heatmap_eps,
-                     band_radius=F.band_radius, spectra=F.spectra, apgd_steps=F.apgd_steps)
+            options = dict(rhos=cli.floats(F.rho, "rho"), eps=cli.floats(F.eps, "eps"), num_examples=F.num_examples,
+                           batch_size=F.batch_size, pgd_steps=F.pgd_steps, pgd_step_fraction=F.pgd_step_fraction,
+                           strong_restarts=F.restarts, square_queries=F.square_queries, layers=F.layers,
+                           recalibrate_bn=F.recalibrate_bn, epoch=F.epoch, data_dir=F.data_dir, seed=F.seed,
+                           heatmap_eps=F.heatmap_eps, band_radius=F.band_radius, spectra=F.spectra,
+                           apgd_steps=F.apgd_steps)
+            if bool(F.workdir) == bool(F.model or F.data or F.out):
+                raise cli.UsageError("give either --workdir DIR (a run hfcjax trained) or --model, --data and --out "
+                                     "(your own model and images).")
+            if F.workdir:
+                return evaluate(F.workdir, **options)
+            if not (F.model and F.data and F.out):
+                raise cli.UsageError("--model, --data and --out go together.")
+            preprocess = external.Preprocess(
+                tuple(cli.floats(F.mean, "mean")) if F.mean else None,
+                tuple(cli.floats(F.std, "std")) if F.std else None, F.layout)
+            images, labels = external.load_images(F.data)
+            analyse_model(external.load_factory(F.model), images, labels, F.out, preprocess=preprocess, **options)
 
     app.run(run, argv, flags_parser=cli.parse_flags)
 

@@ -53,6 +53,10 @@ def heatmap_counts(logits_fn, images, labels, eps, *, key, mask=None, basis_chun
     """Correct predictions ``[H, W]`` (centred) of `images` (floats in [0, 1], [N, H, W, C])
     under the perturbation of every frequency; rows with ``mask == 0`` do not count. `eps`
     may be traced. Sum over batches, divide by the number of images for accuracy."""
+    if not frequency.is_traced(eps) and not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"the heat map's eps (the L2 norm of each Fourier basis) must be finite and >= 0, got {eps!r}.")
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, H, W, C] floats in [0, 1], got shape {images.shape}.")
     n, height, width, channels = images.shape
     reps, cell_to_basis = basis_frequencies(height, width)
     mask = jnp.ones(n, jnp.float32) if mask is None else mask

@@ -128,9 +128,11 @@ def figure2_examples(correct: Mapping[Variant, np.ndarray], radii: Sequence[floa
 # --------------------------------------------------------------------------- compiled counts
 
 
-def to_unit(images_u8):
-    """uint8 pixels -> float32 in [0, 1]."""
-    return images_u8.astype(jnp.float32) / 255.0
+def to_unit(images):
+    """uint8 pixels -> float32 in [0, 1]; float images (already in [0, 1]) -> float32 as they are."""
+    if images.dtype == np.uint8:
+        return images.astype(jnp.float32) / 255.0
+    return images.astype(jnp.float32)
 
 
 def variant_counts(logits_fn, images_u8, labels, mask, radii, *, inclusive: bool = True):

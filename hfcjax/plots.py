@@ -140,9 +140,9 @@ def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, cl
 
 def figure2(images_u8, radius: float, rows: Sequence[Dict], path, *, inclusive: bool = True,
             class_names=None) -> str:
-    """`hfc_story` for uint8 images: splits them at `radius` first (rows from
+    """`hfc_story` for uint8 (or [0, 1] float) images: splits them at `radius` first (rows from
     `evaluators.FrequencyReport.figure2_rows`)."""
-    x = np.asarray(images_u8, np.float32) / 255.0
+    x = np.asarray(measure.to_unit(np.asarray(images_u8)))
     low, high = frequency.split(x, radius, inclusive=inclusive)
     return hfc_story(x, np.asarray(low), np.asarray(high), rows, path, radius=radius, class_names=class_names)
 

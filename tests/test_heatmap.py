@@ -69,3 +69,11 @@ def test_zero_eps_gives_the_clean_error_everywhere_and_band_means():
     inside, outside = heatmap.band_means(error, 1.0)
     assert inside == pytest.approx(np.mean([error[3, 3], error[2, 3], error[4, 3], error[3, 2], error[3, 4]]))
     assert outside == pytest.approx((error.sum() - 5 * inside) / 31)
+
+
+def test_bad_eps_and_shape_are_one_line():
+    logits_fn = lambda x: x.reshape(x.shape[0], -1)[:, :2]
+    with pytest.raises(ValueError, match="eps .* must be finite and >= 0"):
+        heatmap.heatmap_counts(logits_fn, jnp.zeros((2, 4, 4, 1)), jnp.zeros(2, jnp.int32), -1.0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"must be \[N, H, W, C\]"):
+        heatmap.heatmap_counts(logits_fn, jnp.zeros((4, 4, 1)), jnp.zeros(4, jnp.int32), 1.0, key=jax.random.key(0))

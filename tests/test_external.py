@@ -1,0 +1,143 @@
+"""Analysing a model hfcjax did not train: a Flax model defined here (NCHW input, mean/std
+normalisation), a plain logits_fn, the --model/--data/--out command line and its errors."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hfcjax import data, evaluate, external
+
+MEAN, STD = (0.3,), (0.35,)
+USER_MODULE = textwrap.dedent("""
+    import flax.linen as nn, jax, jax.numpy as jnp
+
+    class ChannelsFirstNet(nn.Module):
+        '''Takes normalised NCHW images, like a PyTorch-style model.'''
+        @nn.compact
+        def __call__(self, x):
+            assert x.shape[1] == 1, f"expected NCHW, got {x.shape}"
+            x = jnp.transpose(x, (0, 2, 3, 1))
+            x = nn.relu(nn.Conv(8, (5, 5), name="conv1")(x))
+            x = nn.max_pool(x, (4, 4), (4, 4))
+            return nn.Dense(10, name="head")(x.reshape(x.shape[0], -1))
+
+    def factory():
+        model = ChannelsFirstNet()
+        return model, model.init(jax.random.key(0), jnp.zeros((1, 1, 28, 28)))
+
+    def not_a_model():
+        return 42
+""")
+
+
+@pytest.fixture(scope="module")
+def user_module(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("user")
+    (folder / "usermodel.py").write_text(USER_MODULE)
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+
+
+@pytest.fixture(scope="module")
+def fashion(data_dir):
+    images, labels = data.load("fashion_mnist", "test")
+    return images[:40], labels[:40]
+
+
+FAST = dict(eps=(0.05, 0.1), pgd_steps=2, strong_restarts=1, square_queries=5, batch_size=20, svd_ranks=(4,))
+
+
+def test_a_flax_model_with_nchw_and_normalisation_gets_the_whole_report(user_module, fashion, tmp_path):
+    images, labels = fashion
+    module, variables = external.load_factory("usermodel:factory")
+    pre = external.Preprocess(MEAN, STD, "NCHW")
+    result = evaluate.analyse_model((module, variables), images, labels, tmp_path, preprocess=pre,
+                                    rhos=(0.0, 1.0), layers=("conv1/kernel",), **FAST)
+    # Clean accuracy equals the model applied by hand to normalised channels-first pixels.
+    x = (images.astype(np.float32) / 255 - MEAN[0]) / STD[0]
+    direct = np.argmax(np.asarray(module.apply(variables, np.transpose(x, (0, 3, 1, 2)))), -1)
+    assert result["rows"][0]["clean"] == pytest.approx(float(np.mean(direct == labels)))
+    assert [r["name"] for r in result["rows"]] == ["rho=0", "rho=1"]
+    assert result["rows"][1]["roughness"] < result["rows"][0]["roughness"]  # conv1 was smoothed
+    assert set(result["frequency"]["accuracy"]) >= {"original", "low_r3.5", "high_r14"}  # radii scaled to 28x28
+    for name in ("robustness.json", "robustness.csv", "robustness.md", "frequency.md", "kernels.png",
+                 "robustness.png"):
+        assert (tmp_path / name).exists(), name
+
+
+def test_a_plain_logits_fn_and_float_images(fashion):
+    images, labels = fashion
+    weights = np.random.default_rng(0).normal(size=(28 * 28, 10)).astype(np.float32)
+    logits_fn = lambda x: x.reshape(x.shape[0], -1) @ weights
+    floats = images.astype(np.float32) / 255
+    result = evaluate.analyse_model(logits_fn, floats, labels, rhos=(0.0, 1.0), **FAST)
+    assert [r["name"] for r in result["rows"]] == ["rho=0"]  # nothing to smooth
+    expected = np.mean(np.argmax(floats.reshape(40, -1) @ weights, -1) == labels)
+    assert result["rows"][0]["clean"] == pytest.approx(float(expected))
+
+
+def test_bad_models_and_data_are_one_line(user_module, fashion, tmp_path):
+    images, labels = fashion
+    with pytest.raises(ValueError, match="cannot import nowhere"):
+        external.load_factory("nowhere:factory")
+    with pytest.raises(ValueError, match="must look like package.module:factory"):
+        external.load_factory("usermodel")
+    with pytest.raises(ValueError, match=r"must be a logits_fn\(images\) or a \(flax module, variables\) pair, got int"):
+        evaluate.analyse_model(external.load_factory("usermodel:not_a_model"), images, labels, **FAST)
+    model = external.load_factory("usermodel:factory")
+    with pytest.raises(ValueError, match="the model does not accept images of shape .N, 28, 28, 1. .given to it as "
+                                         "NHWC.: AssertionError: expected NCHW"):
+        evaluate.analyse_model(model, images, labels, **FAST)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        evaluate.analyse_model(model, images, labels + 5, preprocess=external.Preprocess(layout="NCHW"), **FAST)
+    with pytest.raises(ValueError, match="--mean has 3 values but the images have 1 channels"):
+        evaluate.analyse_model(model, images, labels, preprocess=external.Preprocess((0.1,) * 3, (0.2,) * 3), **FAST)
+    cases = {"lengths": dict(images=images, labels=labels[:5]),
+             "range": dict(images=images.astype(np.float32), labels=labels),
+             "layout": dict(images=np.transpose(images, (0, 3, 1, 2)), labels=labels)}
+    messages = {"lengths": "has 40 images but 5 labels", "range": r"float images must lie in \[0, 1\]",
+                "layout": "look channels-first"}
+    for name, arrays in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(ValueError, match=messages[name]):
+            external.load_images(str(tmp_path / f"{name}.npz"))
+
+
+def test_command_line_with_your_own_model(user_module, fashion, tmp_path, root, subprocess_env):
+    images, labels = fashion
+    np.savez(tmp_path / "data.npz", images=images, labels=labels)
+    env = {**subprocess_env, "PYTHONPATH": f"{user_module}:{subprocess_env['PYTHONPATH']}"}
+    base = [sys.executable, "-m", "hfcjax.evaluate", "--model", "usermodel:factory", "--data",
+            str(tmp_path / "data.npz"), "--out", str(tmp_path / "report"), "--eps", "0.1", "--pgd_steps", "2",
+            "--restarts", "1", "--square_queries", "0", "--batch_size", "20", "--rho", "0,0.5", "--layers",
+            "conv1/kernel"]
+    proc = subprocess.run(base + ["--mean", "0.3", "--std", "0.35", "--layout", "NCHW"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((tmp_path / "report" / "robustness.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["rho=0", "rho=0.5"]
+    bad = subprocess.run(base, cwd=root, env=env, capture_output=True, text=True, timeout=300)  # no --layout NCHW
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
+    assert bad.returncode == 2 and len(errors) == 1 and "expected NCHW" in errors[0], bad.stderr[-2000:]
+    both = subprocess.run(base + ["--workdir", str(tmp_path)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert both.returncode == 2 and "give either --workdir DIR" in both.stderr
+
+
+def test_default_radii_scale_with_small_images():
+    assert external.default_radii(32, 32) == (4.0, 8.0, 12.0, 16.0) == external.default_radii(224, 224)
+    assert external.default_radii(16, 20) == (2.0, 4.0, 6.0, 8.0)
+
+
+def test_preprocess_is_inside_the_model():
+    pre = external.Preprocess((0.5, 0.4), (0.1, 0.2), "NCHW")
+    x = jnp.ones((1, 3, 4, 2)) * jnp.asarray([0.6, 0.8])
+    out = pre(x)
+    assert out.shape == (1, 2, 3, 4)
+    np.testing.assert_allclose(out[0, :, 0, 0], [1.0, 2.0], rtol=1e-6)
