@@ -165,7 +165,7 @@ def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
     return _save(fig, path)
 
 
-def heatmaps(maps: Dict[str, np.ndarray], path, eps: float, radii: Sequence[float] = ()) -> str:
+def heatmaps(maps: Dict[str, np.ndarray], path, eps: Optional[float] = None, radii: Sequence[float] = ()) -> str:
     """Fourier heat maps side by side (error rate per frequency, zero frequency in the centre,
     one colour scale shared by all maps, from their lowest to their highest error), with the
     LFC/HFC circles of `radii`."""
@@ -184,8 +184,8 @@ def heatmaps(maps: Dict[str, np.ndarray], path, eps: float, radii: Sequence[floa
         ax.set_xticks([0, w // 2, w - 1], [f"{-(w // 2)}", "0", f"{w - 1 - w // 2}"], fontsize=6)
         ax.set_yticks([0, h // 2, h - 1], [f"{-(h // 2)}", "0", f"{h - 1 - h // 2}"], fontsize=6)
     fig.colorbar(image, ax=list(axes[0]), fraction=0.03, label="error rate")
-    fig.suptitle(f"Fourier heat maps (L2 eps={eps:g}); dashed circles: radii {', '.join(f'{r:g}' for r in radii)}",
-                 fontsize=8)
+    norm = f" (L2 eps={eps:g})" if eps is not None else ""
+    fig.suptitle(f"Fourier heat maps{norm}; dashed circles: radii {', '.join(f'{r:g}' for r in radii)}", fontsize=8)
     return _save(fig, path)
 
 
