@@ -101,12 +101,12 @@ def make_attack_counts(apply_fn: ApplyFn, *, pgd_steps: int, pgd_step_fraction: 
             for kind in attacks.BANDS:
                 leak = jax.vmap(lambda d: attacks.band_leak(d, (kind, band_radius)))(per[f"pgd_{kind}"] - x)
                 out[f"leak_{kind}"] = jnp.sum(leak * mask, axis=-1)
-        if spectra:
+        if spectra:  # {attack: (summed spectrum [..., R], number of successful perturbations [...])}
+            out["spectra"] = {}
             for name, adv in advs.items():
                 success = (clean_ok & ~oks[name]) * mask  # [B] or [E, B]
                 spectrum = frequency.radial_spectrum(adv - x)  # [..., B, R]
-                out[f"spectrum_{name}"] = jnp.sum(spectrum * success[..., None], axis=-2)
-                out[f"spectrum_count_{name}"] = jnp.sum(success, axis=-1)
+                out["spectra"][name] = (jnp.sum(spectrum * success[..., None], axis=-2), jnp.sum(success, axis=-1))
         return out
 
     return counts
@@ -192,8 +192,9 @@ class RobustnessEvaluator:
             done = min((b + 1) * self.batch_size, n)
             rate = done / (time.time() - start)
             self.log(f"  {name}: {done}/{n} images | {rate:,.1f} img/s | ETA {(n - done) / max(rate, 1e-9):.0f}s")
-        total = {k: np.asarray(v, np.float64) for k, v in jax.device_get(total).items()}
-        acc = {k: v / n for k, v in total.items() if not k.startswith("spectrum")}
+        total = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(total))
+        spectra = total.pop("spectra", {})
+        acc = {k: v / n for k, v in total.items()}
         row = {"clean": float(acc["clean"]), "fgsm": acc["fgsm"].tolist(), "pgd": acc["pgd"].tolist(),
                "pgd_strong": float(acc["pgd_strong"]),
                "square": float(acc["square"]) if self.square_queries else None,
@@ -206,8 +207,7 @@ class RobustnessEvaluator:
                 row[f"pgd_{kind}"] = acc[f"pgd_{kind}"].tolist()
                 row[f"leak_{kind}"] = acc[f"leak_{kind}"].tolist()
         if self.spectra:
-            row["spectra"] = {k[len("spectrum_"):]: _mean_spectrum(v, total[f"spectrum_count_{k[len('spectrum_'):]}"])
-                              for k, v in total.items() if k.startswith("spectrum_") and "_count_" not in k}
+            row["spectra"] = {name: _mean_spectrum(sums, successes) for name, (sums, successes) in spectra.items()}
         row["seconds"] = round(time.time() - start, 2)
         row["warnings"] = sanity_warnings(row, self.eps, n)
         for w in row["warnings"]:
