@@ -56,6 +56,20 @@ def eval_compiler_options() -> Optional[Dict[str, str]]:
     return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"} if is_cpu() else None
 
 
+def heatmap_unroll(chunks: int):
+    """Choice 5 (heatmap): how far to unroll the scan over chunks of Fourier bases. Every
+    chunk on a CPU, where any rolled loop around the model's convolutions ran it about 1.6-2x
+    slower (as for PGD); none on accelerators."""
+    return True if is_cpu() else 1
+
+
+def heatmap_group(num_bases: int) -> int:
+    """Choice 6 (evaluation's heat map): bases per compiled call. On a CPU fixed groups of
+    64 (the scan inside is unrolled, so a group bounds the program's size and memory, and
+    every group reuses one compilation); on accelerators all bases in one call."""
+    return 64 if is_cpu() else num_bases
+
+
 def use_huge_pages() -> None:
     """Choice 4 (entry points): restart this process once with glibc's malloc asking for
     transparent huge pages.

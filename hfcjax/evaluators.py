@@ -254,28 +254,35 @@ def smoothing_grid(evaluator: RobustnessEvaluator, variables, images_u8, labels,
 
 class HeatmapEvaluator:
     """The Fourier heat map (`hfcjax.heatmap`) of a model over a set of images: error rate
-    per frequency, centred; one compiled function for every call (variables and eps are
-    its arguments)."""
+    per frequency, centred. Bases go through in groups of `backend.heatmap_group` per
+    compiled call (one compilation: variables, eps and the group's basis ids are arguments)."""
 
     def __init__(self, apply_fn: ApplyFn, *, eps: float, batch_size: int = 200, seed: int = 0,
                  basis_chunk: int = 8, log: Log = print):
         if not eps > 0:
             raise ValueError(f"the heat map's eps must be > 0 (the L2 norm of each Fourier basis), got {eps!r}.")
-        self.eps, self.batch_size, self.seed, self.log = eps, batch_size, seed, log
-        self.counts = jax.jit(lambda variables, x_u8, y, m, e, key: heatmap.heatmap_counts(
-            lambda z: apply_fn(variables, z), measure.to_unit(x_u8), y, e, key=key, mask=m, basis_chunk=basis_chunk))
+        self.eps, self.batch_size, self.seed, self.chunk, self.log = eps, batch_size, seed, basis_chunk, log
+        self.counts = jax.jit(lambda variables, x_u8, y, m, e, ids, key: heatmap.basis_counts(
+            lambda z: apply_fn(variables, z), measure.to_unit(x_u8), y, e, ids, key=key, mask=m,
+            basis_chunk=basis_chunk))
 
     def run(self, variables, images_u8: np.ndarray, labels: np.ndarray, name: str = "model") -> np.ndarray:
         """[H, W] error rates (1 - accuracy) with zero frequency at (H // 2, W // 2)."""
-        n, start, total = len(images_u8), time.time(), None
+        n, height, width = len(images_u8), *images_u8.shape[1:3]
+        num_bases = len(heatmap.basis_frequencies(height, width)[0])
+        group = -(-backend.heatmap_group(num_bases) // self.chunk) * self.chunk
+        ids = heatmap.padded_ids(num_bases, group).reshape(-1, group)
+        total, start, done = np.zeros(num_bases), time.time(), 0
         for b, (x, y, m) in enumerate(data.batches(images_u8, labels, self.batch_size, shuffle=False,
                                                    drop_remainder=False)):
-            counts = self.counts(variables, x, y, m, jnp.float32(self.eps), jax.random.PRNGKey(self.seed + b))
-            total = jax.block_until_ready(counts if total is None else total + counts)
+            key = jax.random.PRNGKey(self.seed + b)
+            counts = np.concatenate([np.asarray(self.counts(variables, x, y, m, jnp.float32(self.eps), jnp.asarray(g),
+                                                            key)) for g in ids])
+            total += counts[:num_bases]
             done = min((b + 1) * self.batch_size, n)
             rate = done / (time.time() - start)
             self.log(f"  heat map {name}: {done}/{n} images | ETA {(n - done) / max(rate, 1e-9):.0f}s")
-        return 1.0 - np.asarray(total, np.float64) / n
+        return 1.0 - heatmap.to_map(total, height, width) / n
 
 
 def robustness_columns(eps: Sequence[float], square: bool, band_radius: float = 0.0,

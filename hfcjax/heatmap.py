@@ -7,9 +7,10 @@ For every frequency (i, j) of an H x W image, the model's error rate under
 every channel; `r_c` is a random sign per image and channel. The map is laid out like
 ``np.fft.fftshift`` output: zero frequency at ``(H // 2, W // 2)``. Any H and W, odd or even.
 
-Conjugate frequencies give the same basis, so each pair is computed once and mirrored. All
-bases of a batch run in one compiled call (`lax.map` over chunks of bases), so memory does
-not grow with the number of bases.
+Conjugate frequencies give the same basis, so each pair is computed once and mirrored.
+`heatmap_counts` runs all bases of a batch in one compiled call (a scan over vmapped chunks of
+bases); `basis_counts` runs a given group of bases, which is how evaluation bounds memory on a
+CPU (fixed-size groups, one compilation, see `backend.heatmap_group`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hfcjax import frequency
+from hfcjax import backend, frequency
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,27 +50,54 @@ def basis(height: int, width: int, fy, fx) -> jnp.ndarray:
     return u / jnp.sqrt(jnp.sum(u * u))
 
 
-def heatmap_counts(logits_fn, images, labels, eps, *, key, mask=None, basis_chunk: int = 8) -> jnp.ndarray:
-    """Correct predictions ``[H, W]`` (centred) of `images` (floats in [0, 1], [N, H, W, C])
-    under the perturbation of every frequency; rows with ``mask == 0`` do not count. `eps`
-    may be traced. Sum over batches, divide by the number of images for accuracy."""
+def basis_counts(logits_fn, images, labels, eps, basis_ids, *, key, mask=None, basis_chunk: int = 8,
+                 unroll=None) -> jnp.ndarray:
+    """Correct predictions ``[len(basis_ids)]`` of `images` (floats in [0, 1], [N, H, W, C])
+    under the perturbation of each basis class in `basis_ids` (indices into
+    `basis_frequencies`; its length a multiple of `basis_chunk`). Chunks of bases are vmapped,
+    the chunks scanned with `unroll` (default `backend.heatmap_unroll`). Rows with
+    ``mask == 0`` do not count; `eps` may be traced."""
     if not frequency.is_traced(eps) and not (np.isfinite(eps) and eps >= 0):
         raise ValueError(f"the heat map's eps (the L2 norm of each Fourier basis) must be finite and >= 0, got {eps!r}.")
     if images.ndim != 4:
         raise ValueError(f"images must be [N, H, W, C] floats in [0, 1], got shape {images.shape}.")
     n, height, width, channels = images.shape
-    reps, cell_to_basis = basis_frequencies(height, width)
+    reps = jnp.asarray(basis_frequencies(height, width)[0])
     mask = jnp.ones(n, jnp.float32) if mask is None else mask
+    chunks = basis_ids.shape[0] // basis_chunk
+    unroll = backend.heatmap_unroll(chunks) if unroll is None else unroll
 
     def correct(index):
-        fy, fx = jnp.asarray(reps)[index, 0], jnp.asarray(reps)[index, 1]
-        u = basis(height, width, fy.astype(jnp.float32), fx.astype(jnp.float32))[None, :, :, None]
+        u = basis(height, width, reps[index, 0].astype(jnp.float32), reps[index, 1].astype(jnp.float32))
         signs = jax.random.rademacher(jax.random.fold_in(key, index), (n, 1, 1, channels), jnp.float32)
-        x = jnp.clip(images + eps * signs * u, 0.0, 1.0)
+        x = jnp.clip(images + eps * signs * u[None, :, :, None], 0.0, 1.0)
         return jnp.sum((jnp.argmax(logits_fn(x), -1) == labels) * mask)
 
-    counts = jax.lax.map(correct, jnp.arange(len(reps)), batch_size=basis_chunk)
-    return counts[jnp.asarray(cell_to_basis)]
+    per_chunk = lambda carry, ids: (carry, jax.vmap(correct)(ids))
+    return jax.lax.scan(per_chunk, None, basis_ids.reshape(chunks, basis_chunk), unroll=unroll)[1].reshape(-1)
+
+
+def padded_ids(num_bases: int, multiple: int) -> np.ndarray:
+    """0 .. num_bases-1, padded (repeating the first ids) to a multiple of `multiple`."""
+    return np.arange(-(-num_bases // multiple) * multiple) % num_bases
+
+
+def heatmap_counts(logits_fn, images, labels, eps, *, key, mask=None, basis_chunk: int = 8) -> jnp.ndarray:
+    """Correct predictions ``[H, W]`` (centred) of `images` (floats in [0, 1], [N, H, W, C])
+    under the perturbation of every frequency, all bases in this one call; rows with
+    ``mask == 0`` do not count. `eps` may be traced. Sum over batches, divide by the number
+    of images for accuracy."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, H, W, C] floats in [0, 1], got shape {images.shape}.")
+    reps, cell_to_basis = basis_frequencies(*images.shape[1:3])
+    ids = jnp.asarray(padded_ids(len(reps), basis_chunk))
+    counts = basis_counts(logits_fn, images, labels, eps, ids, key=key, mask=mask, basis_chunk=basis_chunk)
+    return counts[:len(reps)][jnp.asarray(cell_to_basis)]
+
+
+def to_map(counts_per_basis, height: int, width: int) -> np.ndarray:
+    """Per-basis values -> the centred [H, W] map (each frequency and its conjugate share one)."""
+    return np.asarray(counts_per_basis)[basis_frequencies(height, width)[1]]
 
 
 def band_means(error_map, radius: float, *, inclusive: bool = True) -> Tuple[float, float]:

@@ -77,3 +77,21 @@ def test_bad_eps_and_shape_are_one_line():
         heatmap.heatmap_counts(logits_fn, jnp.zeros((2, 4, 4, 1)), jnp.zeros(2, jnp.int32), -1.0, key=jax.random.key(0))
     with pytest.raises(ValueError, match=r"must be \[N, H, W, C\]"):
         heatmap.heatmap_counts(logits_fn, jnp.zeros((4, 4, 1)), jnp.zeros(4, jnp.int32), 1.0, key=jax.random.key(0))
+
+
+def test_evaluator_groups_of_bases_equal_one_call(monkeypatch):
+    """HeatmapEvaluator runs the bases in fixed groups (and batches of images); the map equals
+    `heatmap_counts` of all bases in one call with the same keys."""
+    from hfcjax import backend, evaluators
+
+    monkeypatch.setattr(backend, "heatmap_group", lambda num_bases: 24)  # 12x12: 74 bases -> 4 groups
+    rng = np.random.default_rng(2)
+    weights = rng.normal(size=(12 * 12 * 1, 4)).astype(np.float32)
+    images = rng.integers(0, 256, (10, 12, 12, 1), dtype=np.uint8)
+    labels = np.argmax((images.reshape(10, -1) / 255) @ weights, -1).astype(np.int32)
+    apply_fn = lambda v, x: x.reshape(x.shape[0], -1) @ weights
+    error = evaluators.HeatmapEvaluator(apply_fn, eps=3.0, batch_size=10, log=lambda m: None).run({}, images, labels)
+    counts = heatmap.heatmap_counts(lambda x: apply_fn({}, x), jnp.asarray(images, jnp.float32) / 255,
+                                    jnp.asarray(labels), 3.0, key=jax.random.PRNGKey(0))
+    np.testing.assert_allclose(error, 1 - np.asarray(counts, np.float64) / 10, atol=1e-9)
+    assert error.max() > 0  # eps 3 does flip some predictions
