@@ -56,11 +56,15 @@ def eval_compiler_options() -> Optional[Dict[str, str]]:
     return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"} if is_cpu() else None
 
 
+HEATMAP_UNROLL_MAX = 64  # chunks; beyond it a CPU runs the scan rolled (bounded program size and memory)
+
+
 def heatmap_unroll(chunks: int):
     """Choice 5 (heatmap): how far to unroll the scan over chunks of Fourier bases. Every
     chunk on a CPU, where any rolled loop around the model's convolutions ran it about 1.6-2x
-    slower (as for PGD); none on accelerators."""
-    return True if is_cpu() else 1
+    slower (as for PGD), up to HEATMAP_UNROLL_MAX chunks so that program size and memory stay
+    bounded for any image size; none on accelerators."""
+    return True if is_cpu() and chunks <= HEATMAP_UNROLL_MAX else 1
 
 
 def heatmap_group(num_bases: int) -> int:

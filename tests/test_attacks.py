@@ -280,3 +280,14 @@ def test_apgd_bad_input():
         attacks.apgd(logits_fn, x, y, 0.1, loss="dlr")
     with pytest.raises(ValueError, match="unknown APGD loss 'cw'"):
         attacks.apgd(logits_fn, x, y, 0.1, loss="cw")
+
+
+def test_apgd_on_a_two_class_linear_model_reaches_the_closed_form_corner():
+    """With logits [0, <w, x> + b] the cross-entropy's gradient sign is -s * sign(w) for every
+    step (s = +1 for label 1); APGD's first step (2 eps) lands on the corner x - s eps sign(w)
+    of the eps-box and nothing beats it."""
+    weight, images, labels, logits_fn = two_class_linear(seed=6)
+    eps = 0.05  # no pixel reaches 0 or 1
+    adv = attacks.apgd(logits_fn, images, labels, eps, steps=10, loss="ce")
+    signs = np.where(labels == 1, -1.0, 1.0)[:, None, None, None]
+    np.testing.assert_allclose(adv, images + eps * signs * np.sign(weight), atol=1e-6)
