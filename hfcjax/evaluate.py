@@ -214,8 +214,13 @@ def main(argv=None):
     app.run(run, argv, flags_parser=cli.parse_flags)
 
 
-if __name__ == "__main__":
+def entry():
+    """The `hfcjax-evaluate` console script: the same as `python -m hfcjax.evaluate`."""
     from hfcjax import backend
 
     backend.use_huge_pages()
     main()
+
+
+if __name__ == "__main__":
+    entry()

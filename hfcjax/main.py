@@ -30,10 +30,13 @@ def main(argv):
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
 
 
-if __name__ == "__main__":
-    from hfcjax import backend
+def entry():
+    """The `hfcjax-train` console script: the same as `python -m hfcjax.main`."""
+    from hfcjax import backend, cli
 
     backend.use_huge_pages()
-    from hfcjax import cli
-
     app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+    entry()

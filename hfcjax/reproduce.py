@@ -146,8 +146,13 @@ def main():
     app.run(run, flags_parser=cli.parse_flags)
 
 
-if __name__ == "__main__":
+def entry():
+    """The `hfcjax-reproduce` console script: the same as `python -m hfcjax.reproduce`."""
     from hfcjax import backend
 
     backend.use_huge_pages()
     main()
+
+
+if __name__ == "__main__":
+    entry()

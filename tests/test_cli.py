@@ -3,6 +3,7 @@
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,15 @@ def test_list_flags_and_regex_errors_are_one_line(capsys):
         import re
         re.compile("[")
     assert capsys.readouterr().err.startswith("error: bad regex (")
+
+
+@pytest.mark.parametrize("script,args,message", [
+    ("hfcjax-evaluate", ["--workdir", "/nonexistent/run"], "no checkpoints in /nonexistent/run/checkpoints"),
+    ("hfcjax-train", ["--config", "configs/nope.py", "--workdir", "/tmp/x"], "configs/nope.py"),
+    ("hfcjax-reproduce", ["--experiment", "table9"], "table9"),
+])
+def test_console_scripts_run_the_entry_points(script, args, message, root, subprocess_env):
+    path = Path(sys.executable).parent / script
+    assert path.exists(), f"{script} is not installed: pip install -e . (./run.sh does)"
+    out = subprocess.run([str(path), *args], cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-1500:]
