@@ -57,12 +57,6 @@ class JsonlWriter(MetricWriter):
             os.fsync(f.fileno())
 
 
-def read_jsonl(path) -> list:
-    """The records of a JSONL file written by `JsonlWriter`."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 class TensorboardWriter(MetricWriter):
     """Tensorboard events (tensorboardX) in `directory`: numeric scalars and images."""
 
