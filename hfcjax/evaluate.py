@@ -3,6 +3,7 @@
     python -m hfcjax.evaluate --workdir DIR [--rho 0,0.1,0.25,0.5,1] [--eps 0.03,0.06,0.09]
     python -m hfcjax.evaluate --model PACKAGE.MODULE:FACTORY --data FILE.npz --out DIR
         [--mean 0.49,0.48,0.45 --std 0.25,0.24,0.26] [--layout NCHW]
+    python -m hfcjax.evaluate --torch_weights FILE.pt --arch wrn --data FILE.npz --out DIR [--mean ... --std ...]
 
 A composition: the model variables and config come from `checkpoints.restore_model`
 (never the optimizer state), the numbers from `evaluators.smoothing_grid` with a
@@ -20,7 +21,8 @@ from typing import Dict, Optional
 import ml_collections
 import numpy as np
 
-from hfcjax import checkpoints, config as config_lib, data, evaluators, external, heatmap, measure, plots, reports
+from hfcjax import (checkpoints, config as config_lib, data, evaluators, external, heatmap, measure, plots, reports,
+                    torch_weights)
 
 
 def log(message: str) -> None:
@@ -162,6 +164,10 @@ def main(argv=None):
     flags.DEFINE_string("workdir", None, "Training run directory (holds checkpoints/); or --model/--data/--out.")
     flags.DEFINE_string("model", None, "Your own model: package.module:factory, factory() returning a logits_fn "
                         "or a (flax module, variables) pair.")
+    flags.DEFINE_string("torch_weights", None, "Instead of --model: a PyTorch state_dict file (torch.save) of --arch.")
+    flags.DEFINE_enum("arch", None, list(torch_weights.ARCHS), "With --torch_weights: the architecture it holds.")
+    flags.DEFINE_bool("shortcut_from_input", True, "With --arch preact_resnet18: blocks project the raw input "
+                      "(RobustBench) rather than relu(bn1(x)) (pytorch-cifar).")
     flags.DEFINE_string("data", None, "With --model: .npz with images (uint8 [N,H,W,C] or floats in [0, 1]) and "
                         "integer labels [N].")
     flags.DEFINE_string("out", None, "With --model: the folder for the report (the files of DIR/eval/).")
@@ -198,18 +204,22 @@ def main(argv=None):
                            recalibrate_bn=F.recalibrate_bn, epoch=F.epoch, data_dir=F.data_dir, seed=F.seed,
                            heatmap_eps=F.heatmap_eps, band_radius=F.band_radius, spectra=F.spectra,
                            apgd_steps=F.apgd_steps)
-            if bool(F.workdir) == bool(F.model or F.data or F.out):
-                raise cli.UsageError("give either --workdir DIR (a run hfcjax trained) or --model, --data and --out "
-                                     "(your own model and images).")
+            if bool(F.workdir) == bool(F.model or F.torch_weights or F.data or F.out):
+                raise cli.UsageError("give either --workdir DIR (a run hfcjax trained) or --model (or --torch_weights "
+                                     "and --arch), --data and --out (your own model and images).")
             if F.workdir:
                 return evaluate(F.workdir, **options)
-            if not (F.model and F.data and F.out):
-                raise cli.UsageError("--model, --data and --out go together.")
+            if bool(F.model) == bool(F.torch_weights) or not (F.data and F.out):
+                raise cli.UsageError("one of --model or --torch_weights, with --data and --out.")
+            if F.torch_weights and not F.arch:
+                raise cli.UsageError(f"--torch_weights needs --arch, one of {list(torch_weights.ARCHS)}.")
             preprocess = external.Preprocess(
                 tuple(cli.floats(F.mean, "mean")) if F.mean else None,
                 tuple(cli.floats(F.std, "std")) if F.std else None, F.layout)
             images, labels = external.load_images(F.data)
-            analyse_model(external.load_factory(F.model), images, labels, F.out, preprocess=preprocess, **options)
+            model = (external.load_factory(F.model) if F.model else
+                     torch_weights.load(F.torch_weights, F.arch, shortcut_from_input=F.shortcut_from_input))
+            analyse_model(model, images, labels, F.out, preprocess=preprocess, **options)
 
     app.run(run, argv, flags_parser=cli.parse_flags)
 

@@ -10,6 +10,10 @@ architecture allows) and returns logits. Conventions shared by all of them:
 * ``dropout_rate`` applies dropout before every fully-connected layer but the input.
 * Kernels use Xavier (Glorot) uniform initialisation, as in the paper.
 * ``dtype`` is the compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
+* ``symmetric_padding=True`` pads ``k // 2`` on every side of a k x k convolution or pool, as
+  PyTorch's ``padding=k // 2`` does; the default XLA ``SAME`` puts the odd padding row of a
+  stride-2 layer on an even input at the bottom/right instead. Weights converted from PyTorch
+  (`hfcjax.torch_weights`) need it; it changes no parameter.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ class _Base(nn.Module):
     batch_norm: bool = True
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    symmetric_padding: bool = False
 
     def conv(self, features, kernel, strides=1, name=None, padding="SAME"):
-        return nn.Conv(
-            features, (kernel, kernel), strides=(strides, strides), padding=padding,
-            use_bias=not self.batch_norm, kernel_init=xavier, dtype=self.dtype, name=name,
-        )
+        if padding == "SAME":
+            return _conv_fn(self.batch_norm, self.dtype, self.symmetric_padding)(
+                features, (kernel, kernel), (strides, strides), name=name)
+        return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=padding,
+                       use_bias=not self.batch_norm, kernel_init=xavier, dtype=self.dtype, name=name)
 
     def norm(self, train: bool, name=None):
         return _norm_fn(self.batch_norm, self.dtype, train)(name=name)
@@ -59,8 +65,17 @@ class _Base(nn.Module):
 # --------------------------------------------------------------------------- ResNets
 
 
-def _conv_fn(batch_norm, dtype):
-    return functools.partial(nn.Conv, use_bias=not batch_norm, kernel_init=xavier, dtype=dtype)
+def _padding(kernel_size, symmetric):
+    return [(k // 2, k // 2) for k in kernel_size] if symmetric else "SAME"
+
+
+def _conv_fn(batch_norm, dtype, symmetric_padding):
+    """conv(features, kernel_size, strides=(1, 1), name=None): a "same" convolution (see
+    `symmetric_padding` in the module docstring), biased only without BatchNorm."""
+    def conv(features, kernel_size, strides=(1, 1), name=None):
+        return nn.Conv(features, kernel_size, strides=strides, padding=_padding(kernel_size, symmetric_padding),
+                       use_bias=not batch_norm, kernel_init=xavier, dtype=dtype, name=name)
+    return conv
 
 
 def _norm_fn(batch_norm, dtype, train):
@@ -78,9 +93,12 @@ class _Residual(nn.Module):
     strides: int
     batch_norm: bool
     dtype: Any
+    symmetric_padding: bool = False
+    shortcut_from_input: bool = False  # pre-activation blocks: project x, not relu(bn(x))
 
     def layers(self, train):
-        return _conv_fn(self.batch_norm, self.dtype), _norm_fn(self.batch_norm, self.dtype, train)
+        return (_conv_fn(self.batch_norm, self.dtype, self.symmetric_padding),
+                _norm_fn(self.batch_norm, self.dtype, train))
 
     def add_shortcut(self, x, y, conv, norm):
         """relu(x + y), projecting x with a 1x1 conv (and BatchNorm) when the shapes differ."""
@@ -125,11 +143,11 @@ class ResNet(_Base):
             x = self.conv(64, 3, 1, name=FIRST_CONV)(x)
         x = nn.relu(self.norm(train, name="stem_bn")(x))
         if self.imagenet_stem:
-            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=_padding((3, 3), self.symmetric_padding))
         for i, blocks in enumerate(self.stage_sizes):
             for j in range(blocks):
                 strides = 2 if i > 0 and j == 0 else 1
-                block = self.block(64 * 2**i, strides, self.batch_norm, self.dtype,
+                block = self.block(64 * 2**i, strides, self.batch_norm, self.dtype, self.symmetric_padding,
                                    name=f"stage{i + 1}_block{j + 1}")
                 x = block(x, train)
         return self.classifier(jnp.mean(x, axis=(1, 2)), (), train, dropout_input=True)
@@ -142,27 +160,36 @@ class _PreActBlock(_Residual):
         y = nn.relu(norm()(x))
         shortcut = x
         if x.shape[-1] != self.features or self.strides != 1:
-            shortcut = conv(self.features, (1, 1), (self.strides, self.strides), name="shortcut")(y)
+            source = x if self.shortcut_from_input else y
+            shortcut = conv(self.features, (1, 1), (self.strides, self.strides), name="shortcut")(source)
         y = conv(self.features, (3, 3), (self.strides, self.strides))(y)
         y = conv(self.features, (3, 3))(nn.relu(norm()(y)))
         return shortcut + y
 
 
-class CifarResNet(_Base):
-    """The authors' CIFAR ResNet: pre-activation, 6n+2 layers, 16/32/64 channels (n=5: 32 layers)."""
+class PreActResNet(_Base):
+    """Pre-activation ResNet (He et al. 2016): a 3x3 stem, `n` pre-activation blocks per
+    stage of `widths` channels (stride 2 from the second stage), then BN-ReLU (`final_norm`),
+    global mean and the logits layer. Defaults: the authors' CIFAR ResNet (6n+2 = 32 layers,
+    16/32/64 channels); ``wrn28_10`` and ``preact_resnet18`` are the same class."""
 
     n: int = 5
+    stem_features: int = 16
+    widths: Sequence[int] = (16, 32, 64)
+    final_norm: bool = True
+    shortcut_from_input: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = self.conv(16, 3, 1, name=FIRST_CONV)(x.astype(self.dtype))
-        for i, features in enumerate((16, 32, 64)):
+        x = self.conv(self.stem_features, 3, 1, name=FIRST_CONV)(x.astype(self.dtype))
+        for i, features in enumerate(self.widths):
             for j in range(self.n):
                 strides = 2 if i > 0 and j == 0 else 1
-                block = _PreActBlock(features, strides, self.batch_norm, self.dtype,
-                                     name=f"stage{i + 1}_block{j + 1}")
+                block = _PreActBlock(features, strides, self.batch_norm, self.dtype, self.symmetric_padding,
+                                     self.shortcut_from_input, name=f"stage{i + 1}_block{j + 1}")
                 x = block(x, train)
-        x = nn.relu(self.norm(train, name="final_bn")(x))
+        if self.final_norm:
+            x = nn.relu(self.norm(train, name="final_bn")(x))
         return self.classifier(jnp.mean(x, axis=(1, 2)), (), train, dropout_input=True)
 
 
@@ -202,7 +229,10 @@ _VGG16 = _vgg([64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M
 MODELS = {
     "resnet18": lambda **kw: ResNet(stage_sizes=(2, 2, 2, 2), block=_BasicBlock, **kw),
     "resnet50": lambda **kw: ResNet(stage_sizes=(3, 4, 6, 3), block=_Bottleneck, **kw),
-    "cifar_resnet": lambda **kw: CifarResNet(**kw),
+    "cifar_resnet": lambda **kw: PreActResNet(**kw),
+    "preact_resnet18": lambda **kw: PreActResNet(**{"n": 2, "stem_features": 64, "widths": (64, 128, 256, 512),
+                                                    **kw}),
+    "wrn28_10": lambda **kw: PreActResNet(**{"n": 4, "stem_features": 16, "widths": (160, 320, 640), **kw}),
     "lenet": lambda **kw: _PlainCNN(layers=[(6, 5), "M", (16, 5), "M"], hidden=(120, 84),
                                     conv_padding="VALID", **kw),
     "alexnet": lambda **kw: _PlainCNN(layers=[(64, 5), "M", (192, 5), "M", (384, 3), (256, 3), (256, 3), "M"],
@@ -211,7 +241,8 @@ MODELS = {
     "vgg16": lambda **kw: _PlainCNN(layers=_VGG16, hidden=(512,), **kw),
     "mnist_cnn": lambda **kw: _PlainCNN(layers=[(32, 5), "M", (64, 5), "M"], hidden=(1024,), **kw),
 }
-OPTIONS = ("batch_norm", "dropout_rate", "dtype", "imagenet_stem", "n")
+OPTIONS = ("batch_norm", "dropout_rate", "dtype", "imagenet_stem", "n", "symmetric_padding", "final_norm",
+           "shortcut_from_input")
 
 
 def create_model(name: str, num_classes: int, **options) -> nn.Module:

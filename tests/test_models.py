@@ -12,6 +12,8 @@ EXPECTED = {
     ("resnet18", 3, True): 11_173_962,
     ("resnet50", 3, True): 23_520_842,
     ("cifar_resnet", 3, True): 466_714,
+    ("preact_resnet18", 3, True): 11_172_170,  # pytorch-cifar's 11,171,146 + the final BatchNorm
+    ("wrn28_10", 3, True): 36_479_194,
     ("lenet", 3, True): 62_028,
     ("vgg11", 3, False): 9_488_266,
     ("vgg16", 3, False): 14_982_474,

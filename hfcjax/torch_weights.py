@@ -1,0 +1,251 @@
+"""PyTorch weights into hfcjax's linen models, for the robust models users bring.
+
+    module, variables = torch_weights.load("model.pt", "wrn")          # a file saved by torch.save
+    module, variables = torch_weights.convert(model.state_dict(), "resnet18")
+
+Architectures (`ARCHS`), with the PyTorch names they read:
+
+* ``resnet18``, ``resnet50``: torchvision's ResNet (``conv1``/``bn1``, ``layerS.B.convK``,
+  ``downsample.0/1``, ``fc``; 7x7 stem + max-pool) and the CIFAR form of RobustBench /
+  pytorch-cifar (3x3 stem, ``shortcut.0/1``, ``linear``); the stem's kernel size decides.
+* ``preact_resnet18``: RobustBench's PreActResNet-18 (``layerS.B.bn1/conv1/bn2/conv2``,
+  ``shortcut.0``, optional ``bn`` before ``linear``). Its blocks project either the raw input
+  (RobustBench's default, ``out_shortcut=False``) or relu(bn1(x)) (pytorch-cifar,
+  ``out_shortcut=True``): the state_dict cannot tell, so say it with `shortcut_from_input`.
+* ``wrn`` (alias ``wrn28_10``): RobustBench's WideResNet (``blockS.layer.B.bn1/conv1/bn2/conv2/
+  convShortcut``, ``bn1``, ``fc``) of any depth and width, read off the tensors.
+
+The module returned takes pixels in [0, 1], NHWC, like every hfcjax model, and pads like
+PyTorch (``symmetric_padding``); the torch model's own normalisation is the caller's
+`external.Preprocess` (mean/std), declared where the model is evaluated. Every tensor of the
+state_dict is used exactly once and every parameter is filled, or one ValueError line names
+what is missing, left over or misshapen. BatchNorm epsilon is PyTorch's default, 1e-5. Only
+reading a file needs torch (``pip install 'hfcjax[torch]'``); `convert` takes numpy arrays too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Iterator, Mapping, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hfcjax import models
+
+ARCHS = ("resnet18", "resnet50", "preact_resnet18", "wrn", "wrn28_10")
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
+_PREFIXES = ("module.", "model.", "net.")
+_IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
+
+# (flax path, torch prefix, kind): kind conv / bn / dense says how the tensors map.
+Layer = Tuple[str, str, str]
+
+
+def load(path, arch: str, **options) -> Tuple[Any, Dict]:
+    """(module, variables) from a file written by ``torch.save(model.state_dict(), path)``
+    (also a dict holding it under state_dict/model_state_dict/model/net). Read with
+    ``weights_only=True``: nothing in the file is executed."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError("reading a PyTorch file needs torch: pip install 'hfcjax[torch]' (or convert a state_dict "
+                         "of numpy arrays with torch_weights.convert).") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file (point at the .pt/.pth file your model was saved to).") from None
+    except Exception as e:  # noqa: BLE001 - whatever torch raises for a file it cannot read
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: torch.load cannot read it ({type(e).__name__}: {first}); save the weights with "
+                         "torch.save(model.state_dict(), path), not the pickled model.") from None
+    return convert(state, arch, **options)
+
+
+def convert(state_dict: Mapping[str, Any], arch: str, *, shortcut_from_input: bool = True) -> Tuple[Any, Dict]:
+    """(module, variables) equal to the PyTorch model of `arch` with these weights.
+    `shortcut_from_input` only concerns ``preact_resnet18`` (see the module docstring)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {list(ARCHS)}.")
+    state = _arrays(_unwrap(state_dict))
+    try:
+        module, variables = _build(state, arch, shortcut_from_input)
+    except ValueError as e:
+        fits = [a for a in _LAYOUTS if a != arch and _fits(state, a)]
+        raise ValueError(f"{e}{f' (it converts as --arch {fits[0]})' if fits else ''}") from None
+    return module, jax.tree.map(jnp.asarray, variables)
+
+
+def _build(state, arch, shortcut_from_input):
+    module, layers = _LAYOUTS["wrn" if arch == "wrn28_10" else arch](state, shortcut_from_input)
+    channels = _get(state, "conv1.weight").shape[1]
+    expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, channels)))
+    variables, used = _fill(state, layers)
+    _check(arch, state, used, expected, variables)
+    return module, variables
+
+
+def _fits(state, arch) -> bool:
+    try:
+        _build(state, arch, True)
+        return True
+    except ValueError:
+        return False
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+def _resnet(state, _, blocks, convs):
+    imagenet = _get(state, "conv1.weight").shape[-1] == 7
+    num_classes = _get(state, _either(state, "fc.weight", "linear.weight")).shape[0]
+    module = models.create_model("resnet18" if convs == 2 else "resnet50", num_classes, batch_norm=True,
+                                 imagenet_stem=imagenet, symmetric_padding=True)
+    layers = [("stem", "conv1", "conv"), ("stem_bn", "bn1", "bn")]
+    for s, n in enumerate(blocks):
+        for b in range(n):
+            flax_block, torch_block = f"stage{s + 1}_block{b + 1}", f"layer{s + 1}.{b}"
+            for k in range(convs):
+                layers += [(f"{flax_block}/Conv_{k}", f"{torch_block}.conv{k + 1}", "conv"),
+                           (f"{flax_block}/BatchNorm_{k}", f"{torch_block}.bn{k + 1}", "bn")]
+            short = _either(state, f"{torch_block}.downsample.0.weight", f"{torch_block}.shortcut.0.weight",
+                            required=False)
+            if short:
+                base = short[:-len(".0.weight")]
+                layers += [(f"{flax_block}/shortcut", f"{base}.0", "conv"), (f"{flax_block}/shortcut_bn", f"{base}.1", "bn")]
+    layers.append(("logits", _either(state, "fc.weight", "linear.weight")[:-len(".weight")], "dense"))
+    return module, layers
+
+
+def _preact(state, shortcut_from_input, *, stage, block_prefix, shortcut, final, logits):
+    """Pre-activation ResNets and WideResNets: depth and widths read off the tensors."""
+    stages = sorted({int(m.group(1)) for k in state if (m := re.match(rf"{stage}(\d+)\.", k))})
+    if not stages:
+        raise ValueError(f"the state_dict has no {stage}N.* tensors: is it a {stage.rstrip('.')}-style network?")
+    layers, widths, n = [("stem", "conv1", "conv")], [], 0
+    for i, s in enumerate(stages):
+        count = len({int(m.group(1)) for k in state if (m := re.match(rf"{stage}{s}\.{block_prefix}(\d+)\.", k))})
+        n = n or count
+        if count != n:
+            raise ValueError(f"stage {s} has {count} blocks but stage {stages[0]} has {n}; hfcjax's pre-activation "
+                             "ResNet needs the same number in every stage.")
+        widths.append(_get(state, f"{stage}{s}.{block_prefix}0.conv1.weight").shape[0])
+        for b in range(n):
+            flax_block, torch_block = f"stage{i + 1}_block{b + 1}", f"{stage}{s}.{block_prefix}{b}"
+            layers += [(f"{flax_block}/BatchNorm_0", f"{torch_block}.bn1", "bn"),
+                       (f"{flax_block}/Conv_0", f"{torch_block}.conv1", "conv"),
+                       (f"{flax_block}/BatchNorm_1", f"{torch_block}.bn2", "bn"),
+                       (f"{flax_block}/Conv_1", f"{torch_block}.conv2", "conv")]
+            if f"{torch_block}.{shortcut}.weight" in state:
+                layers.append((f"{flax_block}/shortcut", f"{torch_block}.{shortcut}", "conv"))
+    final_norm = f"{final}.weight" in state
+    if final_norm:
+        layers.append(("final_bn", final, "bn"))
+    layers.append(("logits", logits, "dense"))
+    module = models.PreActResNet(
+        num_classes=_get(state, f"{logits}.weight").shape[0], n=n, widths=tuple(widths),
+        stem_features=_get(state, "conv1.weight").shape[0], final_norm=final_norm,
+        shortcut_from_input=shortcut_from_input, symmetric_padding=True)
+    return module, layers
+
+
+_LAYOUTS = {
+    "resnet18": lambda state, _: _resnet(state, _, (2, 2, 2, 2), 2),
+    "resnet50": lambda state, _: _resnet(state, _, (3, 4, 6, 3), 3),
+    "preact_resnet18": lambda state, from_input: _preact(state, from_input, stage="layer", block_prefix="",
+                                                         shortcut="shortcut.0", final="bn", logits="linear"),
+    # RobustBench's WideResNet projects relu(bn1(x)) in its widening blocks.
+    "wrn": lambda state, _: _preact(state, False, stage="block", block_prefix="layer.", shortcut="convShortcut",
+                                    final="bn1", logits="fc"),
+}
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def _unwrap(obj) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}; save "
+                         "model.state_dict(), not the model.")
+    for key in _WRAPPERS:
+        if key in obj and isinstance(obj[key], Mapping):
+            return _unwrap(obj[key])
+    for prefix in _PREFIXES:  # nn.DataParallel and wrapper modules
+        if obj and all(k.startswith(prefix) for k in obj):
+            return _unwrap({k[len(prefix):]: v for k, v in obj.items()})
+    return obj
+
+
+def _arrays(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    out = {}
+    for key, value in state.items():
+        if _IGNORED.search(key):
+            continue
+        if hasattr(value, "detach"):  # a torch tensor, in any dtype or device
+            value = value.detach().cpu().float().numpy()
+        out[key] = np.asarray(value, np.float32)
+    return out
+
+
+def _get(state, key):
+    if key not in state:
+        raise ValueError(f"the state_dict has no tensor {key!r}: is the architecture right?")
+    return state[key]
+
+
+def _either(state, *keys, required=True):
+    for key in keys:
+        if key in state:
+            return key
+    if required:
+        raise ValueError(f"the state_dict has none of {list(keys)}: is the architecture right?")
+    return None
+
+
+def _tensors(state, prefix, kind) -> Iterator[Tuple[str, str, np.ndarray]]:
+    """(collection, flax leaf path suffix, array) for one layer."""
+    if kind == "conv":
+        yield "params", "kernel", np.transpose(_get(state, f"{prefix}.weight"), (2, 3, 1, 0))
+        if f"{prefix}.bias" in state:
+            yield "params", "bias", state[f"{prefix}.bias"]
+    elif kind == "dense":
+        yield "params", "kernel", _get(state, f"{prefix}.weight").T
+        yield "params", "bias", _get(state, f"{prefix}.bias")
+    else:
+        for collection, leaf, name in (("params", "scale", "weight"), ("params", "bias", "bias"),
+                                       ("batch_stats", "mean", "running_mean"), ("batch_stats", "var", "running_var")):
+            yield collection, leaf, _get(state, f"{prefix}.{name}")
+
+
+def _torch_key(prefix, leaf):
+    names = {"kernel": "weight", "bias": "bias", "scale": "weight", "mean": "running_mean", "var": "running_var"}
+    return f"{prefix}.{names[leaf]}"
+
+
+def _fill(state, layers):
+    flat, used = {}, set()
+    for flax_path, prefix, kind in layers:
+        for collection, leaf, array in _tensors(state, prefix, kind):
+            flat[(collection, *flax_path.split("/"), leaf)] = array
+            used.add(_torch_key(prefix, leaf))
+    return flax.traverse_util.unflatten_dict(flat), used
+
+
+def _check(arch, state, used, expected, variables):
+    left = sorted(set(state) - used)
+    if left:
+        raise ValueError(f"{len(left)} tensors of the state_dict have no place in {arch}: {left[:5]}"
+                         f"{' ...' if len(left) > 5 else ''} (normalisation buffers go to --mean/--std instead).")
+    want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected))
+    got = flax.traverse_util.flatten_dict(variables)
+    for keys, what in ((set(want) - set(got), "no tensor for"), (set(got) - set(want), "no parameter for")):
+        names = sorted("/".join(k) for k in keys)
+        if names:
+            raise ValueError(f"{arch}: {what} {names[:5]}{' ...' if len(names) > 5 else ''}: is the architecture "
+                             "right?")
+    for key, spec in want.items():
+        if tuple(got[key].shape) != tuple(spec.shape):
+            raise ValueError(f"{arch}: {'/'.join(key)} needs shape {tuple(spec.shape)}, the state_dict gives "
+                             f"{tuple(got[key].shape)}: is the architecture right?")

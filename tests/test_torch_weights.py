@@ -1,0 +1,303 @@
+"""PyTorch state_dicts -> hfcjax linen variables: the same logits as the PyTorch model.
+
+The PyTorch models are written here, after torchvision's ResNet, RobustBench's (and
+pytorch-cifar's) CIFAR ResNet / PreActResNet and RobustBench's WideResNet, with the same
+tensor names; random weights and random BatchNorm statistics, evaluated in eval mode.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+from hfcjax import evaluate, external, torch_weights  # noqa: E402
+
+
+class Basic(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin, planes, stride, short):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.proj = None
+        if stride != 1 or cin != planes:
+            setattr(self, short, nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)))
+            self.proj = short
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + (getattr(self, self.proj)(x) if self.proj else x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin, planes, stride, short):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.proj = None
+        if stride != 1 or cin != planes * 4:
+            setattr(self, short, nn.Sequential(nn.Conv2d(cin, planes * 4, 1, stride, bias=False),
+                                               nn.BatchNorm2d(planes * 4)))
+            self.proj = short
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn3(self.conv3(F.relu(self.bn2(self.conv2(out)))))
+        return F.relu(out + (getattr(self, self.proj)(x) if self.proj else x))
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet (imagenet=True) or the CIFAR form with shortcut/linear names."""
+
+    def __init__(self, block, blocks, imagenet, classes=10):
+        super().__init__()
+        self.imagenet = imagenet
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False) if imagenet else nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        cin, short = 64, "downsample" if imagenet else "shortcut"
+        for i, n in enumerate(blocks):
+            layer = []
+            for j in range(n):
+                layer.append(block(cin, 64 * 2**i, 2 if i > 0 and j == 0 else 1, short))
+                cin = 64 * 2**i * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
+        setattr(self, "fc" if imagenet else "linear", nn.Linear(cin, classes))
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        if self.imagenet:
+            x = F.max_pool2d(x, 3, 2, 1)
+        for i in range(4):
+            x = getattr(self, f"layer{i + 1}")(x)
+        x = x.mean((2, 3))
+        return self.fc(x) if self.imagenet else self.linear(x)
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, cin, planes, stride, out_shortcut):
+        super().__init__()
+        self.out_shortcut = out_shortcut
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or cin != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out if self.out_shortcut else x) if hasattr(self, "shortcut") else x
+        return self.conv2(F.relu(self.bn2(self.conv1(out)))) + shortcut
+
+
+class PreActResNet18(nn.Module):
+    def __init__(self, bn_before_fc, out_shortcut, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        cin = 64
+        for i in range(4):
+            planes = 64 * 2**i
+            blocks = [PreActBlock(cin, planes, 2 if i > 0 else 1, out_shortcut), PreActBlock(planes, planes, 1,
+                                                                                              out_shortcut)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            cin = planes
+        self.bn = nn.BatchNorm2d(512) if bn_before_fc else None
+        self.linear = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        for i in range(4):
+            x = getattr(self, f"layer{i + 1}")(x)
+        if self.bn is not None:
+            x = F.relu(self.bn(x))
+        return self.linear(F.avg_pool2d(x, 4).flatten(1))
+
+
+class WideBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.equal = cin == cout
+        self.convShortcut = None if self.equal else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        if self.equal:
+            out = F.relu(self.bn1(x))
+        else:
+            x = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(out if self.equal else x))))
+        return (x if self.equal else self.convShortcut(x)) + out
+
+
+class NetworkBlock(nn.Module):
+    def __init__(self, n, cin, cout, stride):
+        super().__init__()
+        self.layer = nn.Sequential(*[WideBlock(cin if i == 0 else cout, cout, stride if i == 0 else 1)
+                                     for i in range(n)])
+
+    def forward(self, x):
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth=28, widen=10, classes=10):
+        super().__init__()
+        n, ch = (depth - 4) // 6, [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(3, ch[0], 3, 1, 1, bias=False)
+        self.block1 = NetworkBlock(n, ch[0], ch[1], 1)
+        self.block2 = NetworkBlock(n, ch[1], ch[2], 2)
+        self.block3 = NetworkBlock(n, ch[2], ch[3], 2)
+        self.bn1 = nn.BatchNorm2d(ch[3])
+        self.fc = nn.Linear(ch[3], classes)
+
+    def forward(self, x):
+        x = self.block3(self.block2(self.block1(self.conv1(x))))
+        return self.fc(F.relu(self.bn1(x)).mean((2, 3)))
+
+
+def randomised(model, seed=0):
+    """Random weights (torch's init) and random BatchNorm affine and running statistics."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.1)
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def same_logits(model, arch, size=32, n=4, **options):
+    x = np.random.default_rng(1).random((n, size, size, 3), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    module, variables = torch_weights.convert(model.state_dict(), arch, **options)
+    got = np.asarray(module.apply(variables, x))
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert np.abs(got - expected).max() <= 1e-4 * scale, (np.abs(got - expected).max(), scale)
+    return module, variables
+
+
+@pytest.mark.parametrize("arch,block,blocks", [("resnet18", Basic, (2, 2, 2, 2)),
+                                               ("resnet50", Bottleneck, (3, 4, 6, 3))])
+@pytest.mark.parametrize("imagenet", [True, False])
+def test_resnets_torchvision_and_cifar_forms(arch, block, blocks, imagenet):
+    # 64 x 64 keeps every stride-2 layer on even sizes, where padding conventions differ.
+    same_logits(randomised(ResNet(block, blocks, imagenet)), arch, size=64 if imagenet else 32)
+
+
+@pytest.mark.parametrize("bn_before_fc", [True, False])
+@pytest.mark.parametrize("out_shortcut", [True, False])
+def test_preact_resnet18_both_shortcut_conventions(bn_before_fc, out_shortcut):
+    same_logits(randomised(PreActResNet18(bn_before_fc, out_shortcut)), "preact_resnet18",
+                shortcut_from_input=not out_shortcut)
+
+
+def test_wide_resnet_28_10():
+    module, variables = same_logits(randomised(WideResNet(28, 10)), "wrn28_10", n=2)
+    assert (module.n, tuple(module.widths)) == (4, (160, 320, 640))
+    assert sum(x.size for x in __import__("jax").tree.leaves(variables["params"])) == 36_479_194
+
+
+def test_other_widths_and_depths_are_read_off_the_tensors():
+    module, _ = same_logits(randomised(WideResNet(16, 2, classes=7)), "wrn")
+    assert (module.n, tuple(module.widths), module.num_classes) == (2, (32, 64, 128), 7)
+
+
+def test_load_reads_a_saved_file_with_wrappers_and_dataparallel_prefix(tmp_path):
+    model = randomised(ResNet(Basic, (2, 2, 2, 2), False))
+    path = tmp_path / "ckpt.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    module, variables = torch_weights.load(path, "resnet18")
+    x = np.random.default_rng(2).random((2, 32, 32, 3), dtype=np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(module.apply(variables, x), expected, atol=1e-4 * max(1, np.abs(expected).max()))
+
+
+def test_converted_model_goes_through_the_analysis_with_its_normalisation(tmp_path):
+    """A converted model is a (module, variables) pair: the whole report runs, smoothing its stem."""
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    model = randomised(WideResNet(10, 1))
+    pair = torch_weights.convert(model.state_dict(), "wrn")
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    x = images.astype(np.float32) / 255
+    with torch.no_grad():
+        labels = model(torch.from_numpy((x - np.array(mean, np.float32)) / np.array(std, np.float32))
+                       .permute(0, 3, 1, 2)).argmax(1).numpy()
+    result = evaluate.analyse_model(pair, images, labels, tmp_path, preprocess=external.Preprocess(mean, std),
+                                    rhos=(0.0, 1.0), eps=(0.03,), pgd_steps=2, strong_restarts=1, square_queries=0,
+                                    batch_size=8, heatmap_eps=0, apgd_steps=0, spectra=False, recalibrate_bn="no")
+    rows = {r["name"]: r for r in result["rows"]}
+    assert rows["rho=0"]["clean"] == 1.0  # labels are the torch model's own predictions, normalised the same way
+    assert rows["rho=1"]["roughness"] < rows["rho=0"]["roughness"]
+    assert (tmp_path / "robustness.md").exists() and (tmp_path / "frequency.md").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda sd: sd.pop("layer1.0.bn1.running_var"), "no tensor 'layer1.0.bn1.running_var'"),
+    (lambda sd: sd.__setitem__("extra.weight", torch.zeros(3)), "1 tensors of the state_dict have no place"),
+    (lambda sd: sd.__setitem__("layer1.0.conv1.weight", torch.zeros(64, 64, 5, 5)), "needs shape (3, 3, 64, 64)"),
+])
+def test_a_mismatched_state_dict_is_one_line(change, message):
+    sd = dict(ResNet(Basic, (2, 2, 2, 2), False).state_dict())
+    change(sd)
+    with pytest.raises(ValueError, match=__import__("re").escape(message)) as e:
+        torch_weights.convert(sd, "resnet18")
+    assert "\n" not in str(e.value)
+
+
+def test_wrong_architecture_and_unreadable_file_are_one_line(tmp_path):
+    sd = ResNet(Basic, (2, 2, 2, 2), False).state_dict()
+    with pytest.raises(ValueError, match=r"is the architecture right\? \(it converts as --arch resnet18\)"):
+        torch_weights.convert(sd, "resnet50")
+    with pytest.raises(ValueError, match="unknown architecture 'vit'"):
+        torch_weights.convert(sd, "vit")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="torch.load cannot read it"):
+        torch_weights.load(bad, "resnet18")
+    with pytest.raises(ValueError, match="no such file"):
+        torch_weights.load(tmp_path / "missing.pt", "resnet18")
+
+
+def test_command_line_reads_a_torch_file(tmp_path, root, subprocess_env):
+    import json
+    import subprocess
+    import sys
+
+    model = randomised(PreActResNet18(True, False))
+    torch.save(model.state_dict(), tmp_path / "preact.pt")
+    images = np.random.default_rng(4).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)).argmax(1).numpy()
+    np.savez(tmp_path / "data.npz", images=images, labels=labels)
+    base = [sys.executable, "-m", "hfcjax.evaluate", "--data", str(tmp_path / "data.npz"), "--out",
+            str(tmp_path / "report"), "--eps", "0.03", "--pgd_steps", "1", "--restarts", "1", "--square_queries", "0",
+            "--batch_size", "6", "--rho", "0", "--heatmap_eps", "0", "--apgd_steps", "0", "--nospectra"]
+    proc = subprocess.run(base + ["--torch_weights", str(tmp_path / "preact.pt"), "--arch", "preact_resnet18"],
+                          cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "report" / "robustness.json").read_text())["rows"][0]["clean"] == 1.0
+    for extra, message in (([], "--torch_weights needs --arch"), (["--arch", "resnet50"], "(it converts as --arch preact_resnet18)")):
+        bad = subprocess.run(base + ["--torch_weights", str(tmp_path / "preact.pt"), *extra], cwd=root,
+                             env=subprocess_env, capture_output=True, text=True, timeout=300)
+        errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
+        assert bad.returncode == 2 and len(errors) == 1 and message in errors[0], bad.stderr[-2000:]
