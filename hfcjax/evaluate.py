@@ -14,10 +14,12 @@ defaults are `config.eval_default()`.
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from pathlib import Path
 from typing import Dict, Optional
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -85,18 +87,22 @@ def analyse(apply_fn, variables, images, labels, out_dir, o, *, radii, inclusive
         apply_fn, eps=o.eps, pgd_steps=o.pgd_steps, pgd_step_fraction=o.pgd_step_fraction,
         strong_restarts=o.strong_restarts, square_queries=o.square_queries, band_radius=o.band_radius,
         spectra=o.spectra, apgd_steps=o.apgd_steps, batch_size=o.batch_size, seed=o.seed, log=log)
+    saved = None
+    if out_dir is not None:  # finished rows survive an interruption; a rerun skips them
+        saved = reports.PartialResults(out_dir, {
+            "options": o.to_dict(), "radii": list(radii), "inclusive": inclusive, "about": about or {},
+            "model": digest(variables), "images": digest((images, labels))})
+        if saved.stale:
+            log(f"settings, model or images changed since the interrupted run: its rows in {saved.folder} were removed")
     if "params" in variables:
         rows, kernels = evaluators.smoothing_grid(robustness, variables, images, labels, rhos=o.rhos,
-                                                  layers=o.layers, recalibrate=recalibrate)
+                                                  layers=o.layers, recalibrate=recalibrate, partial=saved)
         variants = [(rho, v) for _, rho, _, v in evaluators.smoothed_variants(variables, rhos=o.rhos, layers=o.layers)]
     else:
         rows = [{"name": "rho=0", "rho": 0.0, "bn_reestimated": False, **robustness.run(variables, images, labels),
                  "roughness": None}]
         kernels, variants = {}, [(0.0, variables)]
-    maps = {}
-    if o.heatmap_eps > 0:
-        heat = evaluators.HeatmapEvaluator(apply_fn, eps=o.heatmap_eps, batch_size=o.batch_size, seed=o.seed, log=log)
-        maps = {rho: heat.run(v, images, labels, f"rho={rho:g}") for rho, v in variants}
+    maps = heatmaps(apply_fn, variants, images, labels, o, saved) if o.heatmap_eps > 0 else {}
     freq = evaluators.FrequencyEvaluator(apply_fn, radii=radii, ranks=o.svd_ranks, inclusive=inclusive,
                                          batch_size=o.batch_size).run(variables, images, labels)
     result = {**(about or {}), "num_examples": len(images), "eps": list(o.eps),
@@ -110,7 +116,38 @@ def analyse(apply_fn, variables, images, labels, out_dir, o, *, radii, inclusive
         result["heatmap"] = {"eps": o.heatmap_eps, "band_error": {f"rho={rho:g}": bands(m) for rho, m in maps.items()}}
     if out_dir is not None:
         write_report(Path(out_dir), result, kernels, freq, images, maps, inclusive=inclusive, class_names=class_names)
+        saved.finish()
     return result
+
+
+def heatmaps(apply_fn, variants, images, labels, o, saved: Optional[reports.PartialResults]) -> Dict:
+    """{rho: heat map} for every (rho, variables); with `saved`, each map is kept as it
+    completes and maps of an interrupted run are read back."""
+    heat = evaluators.HeatmapEvaluator(apply_fn, eps=o.heatmap_eps, batch_size=o.batch_size, seed=o.seed, log=log)
+    progress = evaluators.GridProgress(len(variants), len(images), log, what="heat-map grid")
+    maps = {}
+    for rho, v in variants:
+        name = f"heatmap rho={rho:g}"
+        maps[rho] = saved.get(name) if saved else None
+        if maps[rho] is not None:
+            log(f"  {name}: read back from the interrupted run")
+            progress.skip(len(images))
+            continue
+        maps[rho] = heat.run(v, images, labels, f"rho={rho:g}", progress)
+        if saved:
+            saved.put(name, maps[rho])
+    return maps
+
+
+def digest(tree) -> str:
+    """sha256 of every array in `tree` (shapes, dtypes and bytes): what a rerun must match to
+    reuse an interrupted run's rows."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        leaf = np.ascontiguousarray(leaf)
+        h.update(f"{leaf.shape}{leaf.dtype}".encode())
+        h.update(leaf.tobytes())
+    return h.hexdigest()
 
 
 def columns_of(result: Dict):
@@ -208,7 +245,8 @@ def main(argv=None):
                 raise cli.UsageError("give either --workdir DIR (a run hfcjax trained) or --model (or --torch_weights "
                                      "and --arch), --data and --out (your own model and images).")
             if F.workdir:
-                return evaluate(F.workdir, **options)
+                evaluate(F.workdir, **options)  # returning the result would make absl exit 1 with it
+                return
             if bool(F.model) == bool(F.torch_weights) or not (F.data and F.out):
                 raise cli.UsageError("one of --model or --torch_weights, with --data and --out.")
             if F.torch_weights and not F.arch:

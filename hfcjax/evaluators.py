@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hfcjax import attacks, backend, data, frequency, heatmap, measure, models, reports, sharding, smoothing
+from hfcjax import (attacks, backend, data, frequency, heatmap, measure, models, reports, sharding, smoothing,
+                    writers)
 
 ApplyFn = Callable[[Any, jnp.ndarray], jnp.ndarray]
 Log = Callable[[str], None]
@@ -155,6 +156,33 @@ def model_checks(apply_fn: ApplyFn, variables, images_u8: np.ndarray, labels: np
     return warn
 
 
+class GridProgress:
+    """Progress of a grid of evaluations (every row over the same images): one line per
+    batch with the images done over the whole grid and the ETA of the whole grid. The rate
+    is measured from the end of the first batch on, so compilation does not skew it."""
+
+    def __init__(self, rows: int, images: int, log: Log = print, what: str = "grid"):
+        self.total, self.done, self.log, self.what = rows * images, 0, log, what
+        self.steady: Optional[Tuple[float, int]] = None  # (time, done) after the first batch
+        self.start = time.time()
+
+    def skip(self, images: int) -> None:
+        """A row read back from an earlier run: it leaves the work to do."""
+        self.total -= images
+
+    def advance(self, images: int, label: str) -> None:
+        now = time.time()
+        self.done += images
+        if self.steady is None:
+            self.steady = (now, self.done)
+            rate, note = self.done / max(now - self.start, 1e-9), " (first batch, compilation included)"
+        else:
+            rate, note = (self.done - self.steady[1]) / max(now - self.steady[0], 1e-9), ""
+        eta = (self.total - self.done) / max(rate, 1e-9)
+        self.log(f"  {label} | {self.what} {self.done}/{self.total} images | {rate:,.1f} img/s{note} | "
+                 f"ETA {writers.format_seconds(eta)} for the whole {self.what}")
+
+
 class RobustnessEvaluator:
     """Accuracy under FGSM/PGD at every eps and the masking referees at the largest eps.
 
@@ -176,22 +204,26 @@ class RobustnessEvaluator:
                                band_radius=band_radius, spectra=spectra, apgd_steps=apgd_steps),
             in_shardings=(repl, self.batch_sh, self.batch_sh, self.batch_sh, repl, repl), out_shardings=repl,
             compiler_options=backend.eval_compiler_options())
+        self.compiled = False
 
-    def run(self, variables, images_u8: np.ndarray, labels: np.ndarray, name: str = "model") -> Dict[str, Any]:
+    def run(self, variables, images_u8: np.ndarray, labels: np.ndarray, name: str = "model",
+            progress: Optional[GridProgress] = None) -> Dict[str, Any]:
         """{clean, fgsm[E], pgd[E], pgd_strong, square (None when off), worst_case,
         worst_case_per_eps[E], seconds, warnings}, with `band_radius` also pgd_low[E],
         pgd_high[E], leak_low[E], leak_high[E] (mean energy fraction out of the band), and with
         `apgd_steps` apgd_ce (and apgd_dlr) at max eps, with `spectra` a "spectra" dict {attack: mean radial spectrum of its successful
         perturbations, [E][R] or [R] (None where none succeeded)}: accuracies over `images_u8`,
-        progress logged with an ETA."""
+        progress logged with an ETA (of the whole grid when `progress` is the grid's)."""
         eps = jnp.asarray(np.asarray(self.eps, np.float32))
         n, start, total = len(images_u8), time.time(), None
+        progress = progress or GridProgress(1, n, self.log, what="row")
+        if not self.compiled:
+            self.log("  compiling the attacks (once for every row; the first batch waits for it)")
+            self.compiled = True
         for b, x, y, m in _batched(images_u8, labels, self.batch_size, self.batch_sh):
             counts = self.counts(variables, x, y, m, eps, jax.random.PRNGKey(self.seed + b))
             total = jax.block_until_ready(counts if total is None else jax.tree.map(jnp.add, total, counts))
-            done = min((b + 1) * self.batch_size, n)
-            rate = done / (time.time() - start)
-            self.log(f"  {name}: {done}/{n} images | {rate:,.1f} img/s | ETA {(n - done) / max(rate, 1e-9):.0f}s")
+            progress.advance(min((b + 1) * self.batch_size, n) - min(b * self.batch_size, n), f"{name}: batch {b + 1}")
         total = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(total))
         spectra = total.pop("spectra", {})
         acc = {k: v / n for k, v in total.items()}
@@ -238,15 +270,27 @@ def smoothed_variants(variables, *, rhos: Sequence[float], layers: Sequence[str]
 
 def smoothing_grid(evaluator: RobustnessEvaluator, variables, images_u8, labels, *, rhos: Sequence[float],
                    layers: Sequence[str] = smoothing.DEFAULT_LAYERS,
-                   recalibrate: Optional[Callable[[Dict], Dict]] = None) -> Tuple[List[Dict], Dict[str, np.ndarray]]:
+                   recalibrate: Optional[Callable[[Dict], Dict]] = None,
+                   partial: Optional[reports.PartialResults] = None) -> Tuple[List[Dict], Dict[str, np.ndarray]]:
     """Table 2: the evaluator's row for every `smoothed_variants` entry. Returns (rows,
-    {name: kernel}) where each row adds name, rho, bn_reestimated and the kernel's roughness."""
+    {name: kernel}) where each row adds name, rho, bn_reestimated and the kernel's roughness.
+    With `partial`, every finished row is saved as it completes and rows saved by an
+    interrupted earlier run are read back instead of recomputed."""
     rows, kernels = [], {}
+    progress = GridProgress(len(rhos) * (2 if recalibrate else 1), len(images_u8), evaluator.log)
     for name, rho, recal, current in smoothed_variants(variables, rhos=rhos, layers=layers, recalibrate=recalibrate):
         kernel = np.asarray(jax.device_get(smoothing.first_kernel(current["params"], layers)))
-        row = evaluator.run(current, images_u8, labels, name)
-        rows.append({"name": name, "rho": rho, "bn_reestimated": recal, **row,
-                     "roughness": float(smoothing.roughness(kernel))})
+        row = partial.get(name) if partial else None
+        if row is not None:
+            evaluator.log(f"  {name}: read back from the interrupted run ({partial.folder})")
+            progress.skip(len(images_u8))
+        else:
+            row = {"name": name, "rho": rho, "bn_reestimated": recal,
+                   **evaluator.run(current, images_u8, labels, name, progress),
+                   "roughness": float(smoothing.roughness(kernel))}
+            if partial:
+                partial.put(name, row)
+        rows.append(row)
         if not recal:
             kernels[name] = kernel
     return rows, kernels
@@ -265,23 +309,28 @@ class HeatmapEvaluator:
         self.counts = jax.jit(lambda variables, x_u8, y, m, e, ids, key: heatmap.basis_counts(
             lambda z: apply_fn(variables, z), measure.to_unit(x_u8), y, e, ids, key=key, mask=m,
             basis_chunk=basis_chunk))
+        self.compiled = False
 
-    def run(self, variables, images_u8: np.ndarray, labels: np.ndarray, name: str = "model") -> np.ndarray:
+    def run(self, variables, images_u8: np.ndarray, labels: np.ndarray, name: str = "model",
+            progress: Optional[GridProgress] = None) -> np.ndarray:
         """[H, W] error rates (1 - accuracy) with zero frequency at (H // 2, W // 2)."""
         n, height, width = len(images_u8), *images_u8.shape[1:3]
         num_bases = len(heatmap.basis_frequencies(height, width)[0])
         group = -(-backend.heatmap_group(num_bases) // self.chunk) * self.chunk
         ids = heatmap.padded_ids(num_bases, group).reshape(-1, group)
-        total, start, done = np.zeros(num_bases), time.time(), 0
+        total, done = np.zeros(num_bases), 0
+        progress = progress or GridProgress(1, n, self.log, what="heat map")
+        if not self.compiled:
+            self.log("  compiling the heat map (once for every rho; the first batch waits for it)")
+            self.compiled = True
         for b, (x, y, m) in enumerate(data.batches(images_u8, labels, self.batch_size, shuffle=False,
                                                    drop_remainder=False)):
             key = jax.random.PRNGKey(self.seed + b)
             counts = np.concatenate([np.asarray(self.counts(variables, x, y, m, jnp.float32(self.eps), jnp.asarray(g),
                                                             key)) for g in ids])
             total += counts[:num_bases]
+            progress.advance(min((b + 1) * self.batch_size, n) - done, f"heat map {name}: batch {b + 1}")
             done = min((b + 1) * self.batch_size, n)
-            rate = done / (time.time() - start)
-            self.log(f"  heat map {name}: {done}/{n} images | ETA {(n - done) / max(rate, 1e-9):.0f}s")
         return 1.0 - heatmap.to_map(total, height, width) / n
 
 

@@ -4,6 +4,7 @@ one atomic-write helper every writer of hfcjax uses.
 A `Column` says once how a row's value is named and formatted in each format, so the
 three renderings of a table cannot drift apart. Every file is written to a temporary
 name beside the target and renamed over it, so a crash never leaves half a file.
+`PartialResults` keeps the finished pieces of a long report so that a rerun skips them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
 
 Row = Mapping[str, Any]
 
@@ -47,6 +52,51 @@ def atomic_write(path: Union[str, Path], content: Union[str, bytes]) -> Path:
 
 def write_json(path: Union[str, Path], value: Any) -> Path:
     return atomic_write(path, json.dumps(value, indent=2) + "\n")
+
+
+class PartialResults:
+    """The finished pieces of a long report (rows as JSON, arrays as .npy), one file each in
+    ``DIR/.partial/``, written atomically as each completes; a rerun reads them back instead
+    of recomputing. `fingerprint` is everything that changes the numbers (settings, digests
+    of the model and the images): pieces kept under another fingerprint are removed, never
+    mixed in. `finish()` removes the folder once the report's own files are written."""
+
+    FOLDER = ".partial"
+
+    def __init__(self, directory: Union[str, Path], fingerprint: Mapping[str, Any]):
+        self.folder = Path(directory) / self.FOLDER
+        text = json.dumps(fingerprint, sort_keys=True, default=str)
+        self.key = hashlib.sha256(text.encode()).hexdigest()[:16]
+        manifest = self.folder / "fingerprint.json"
+        self.stale = manifest.exists() and json.loads(manifest.read_text()).get("key") != self.key
+        if self.stale:
+            shutil.rmtree(self.folder)
+        if not manifest.exists():
+            write_json(manifest, {"key": self.key, "fingerprint": json.loads(text)})
+
+    def _path(self, name: str, suffix: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "=.-" else "_" for c in name)
+        return self.folder / f"{safe}{suffix}"
+
+    def get(self, name: str) -> Optional[Any]:
+        """The piece saved under `name` (a JSON value or a numpy array), or None."""
+        for suffix in (".json", ".npy"):
+            path = self._path(name, suffix)
+            if path.exists():
+                return json.loads(path.read_text()) if suffix == ".json" else np.load(path)
+        return None
+
+    def put(self, name: str, value: Any) -> None:
+        """Saves `value` (JSON-able, or a numpy array) under `name`, atomically."""
+        if isinstance(value, np.ndarray):
+            with atomic_path(self._path(name, ".npy")) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, value)
+        else:
+            write_json(self._path(name, ".json"), value)
+
+    def finish(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def fmt3(value: Any) -> str:

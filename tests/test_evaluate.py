@@ -154,3 +154,57 @@ def test_heat_maps_band_limited_pgd_and_spectra_are_written(run_dir):
     assert "| APGD-CE 0.1 | APGD-DLR 0.1 |" in (out / "robustness.md").read_text()
     with pytest.raises(ValueError, match="config.band_radius must be a finite number >= 0"):
         evaluate.evaluate(run_dir, **{**FAST, "band_radius": -1.0})
+
+
+def test_a_killed_evaluation_resumes_its_grid_and_gives_the_same_report(run_dir, tmp_path, root, subprocess_env):
+    """kill -9 mid-grid, rerun: rows finished before the kill are read back, the rest computed,
+    and the report equals an uninterrupted evaluation's (all but the seconds each row took)."""
+    import os
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    shutil.copytree(run_dir, workdir)
+    shutil.rmtree(workdir / "eval", ignore_errors=True)
+    args = [sys.executable, "-m", "hfcjax.evaluate", "--workdir", str(workdir), "--rho", "0,0.25,0.5,0.75,1",
+            "--eps", "0.05,0.1", "--num_examples", "200", "--batch_size", "50", "--pgd_steps", "5",
+            "--square_queries", "0", "--recalibrate_bn", "no", "--heatmap_eps", "0", "--apgd_steps", "0"]
+    partial = checkpoints.RunDir(workdir).eval / evaluate.reports.PartialResults.FOLDER
+    proc = subprocess.Popen(args, cwd=root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    while not (partial / "rho=0.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    first = proc.communicate()[0]
+    kept = sorted(p.name for p in partial.glob("rho=*.json"))
+    assert "compiling the attacks" in first and "ETA" in first and "for the whole grid" in first, first[-2000:]
+    assert 1 <= len(kept) < 5 and not (partial.parent / "robustness.json").exists(), kept
+    again = subprocess.run(args, cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("read back from the interrupted run") == len(kept), again.stdout[-3000:]
+    assert not partial.exists()  # removed once the report is written
+    resumed = json.loads((partial.parent / "robustness.json").read_text())
+
+    reference = tmp_path / "reference"
+    shutil.copytree(run_dir, reference)
+    shutil.rmtree(reference / "eval", ignore_errors=True)
+    subprocess.run([*args[:4], str(reference), *args[5:]], cwd=root, env=subprocess_env, check=True,
+                   capture_output=True, timeout=600)
+    uninterrupted = json.loads((checkpoints.RunDir(reference).eval / "robustness.json").read_text())
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(resumed["rows"]) == strip(uninterrupted["rows"])
+    assert resumed["frequency"] == uninterrupted["frequency"]
+
+
+def test_partial_rows_of_other_settings_are_never_mixed_in(tmp_path):
+    saved = evaluate.reports.PartialResults(tmp_path, {"eps": [0.1]})
+    saved.put("rho=0", {"clean": 0.5})
+    saved.put("heatmap rho=0", np.arange(6.0).reshape(2, 3))
+    again = evaluate.reports.PartialResults(tmp_path, {"eps": [0.1]})
+    assert not again.stale and again.get("rho=0") == {"clean": 0.5}
+    np.testing.assert_array_equal(again.get("heatmap rho=0"), np.arange(6.0).reshape(2, 3))
+    other = evaluate.reports.PartialResults(tmp_path, {"eps": [0.2]})
+    assert other.stale and other.get("rho=0") is None and other.get("heatmap rho=0") is None
+    other.finish()
+    assert not (tmp_path / ".partial").exists()

@@ -55,7 +55,20 @@ def test_robustness_evaluator_on_a_plain_function(linear):
     assert row["fgsm"][0] == row["pgd"][0] == pytest.approx(row["clean"])  # eps = 0 changes nothing
     assert row["pgd"][1] < row["clean"] and row["fgsm"][1] < row["clean"]  # eps = 0.05 hurts a linear model
     assert row["worst_case"] <= min(row["fgsm"][1], row["pgd"][1], row["pgd_strong"], row["square"])
-    assert any(line.startswith("  linear: 30/30 images") for line in lines)
+    assert lines[0].startswith("  compiling the attacks")
+    assert any(line.startswith("  linear: batch 2 | row 30/30 images") and "ETA" in line for line in lines)
+
+
+def test_grid_progress_eta_is_of_the_whole_grid_and_leaves_compilation_out(monkeypatch):
+    clock = iter([0.0, 100.0, 101.0, 102.0])  # start; a first batch with 99 s of compilation; then 1 s a batch
+    monkeypatch.setattr(evaluators.time, "time", lambda: next(clock))
+    lines = []
+    progress = evaluators.GridProgress(4, 10, lines.append)  # 4 rows of 10 images
+    progress.skip(10)  # one row read back from an interrupted run
+    progress.advance(10, "rho=0")
+    progress.advance(10, "rho=1")
+    assert "grid 10/30 images" in lines[0] and "compilation included" in lines[0]
+    assert "grid 20/30 images | 10.0 img/s |" in lines[1] and lines[1].endswith("ETA 0m01s for the whole grid")
 
 
 class TinyConv(nn.Module):
