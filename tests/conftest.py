@@ -17,6 +17,19 @@ if "HFCJAX_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     os.environ["HFCJAX_DATA_DIR"] = str(SHARED_DATA)
 
 
+def pytest_sessionstart(session):
+    """The tests need the real datasets: found in a data folder, or downloaded once into the
+    cache (`hfcjax.data.locate`); otherwise the session stops here with one line."""
+    from hfcjax import data
+
+    try:
+        folders = {data.locate(name).parent for name in ("fashion_mnist", "cifar10")}
+    except data.DataError as e:
+        raise pytest.UsageError(f"hfcjax tests need the real datasets: {e}")
+    if "HFCJAX_DATA_DIR" not in os.environ and len(folders) == 1:
+        os.environ["HFCJAX_DATA_DIR"] = str(folders.pop())  # the cache, after a download
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     path = os.environ.get("HFCJAX_DATA_DIR")
