@@ -78,3 +78,54 @@ def test_notebook_executes(tmp_path, root):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert (checkpoints.RunDir(tmp_path / "run").eval / "robustness.md").exists()
+
+
+def test_your_own_model_notebook_executes(tmp_path, root):
+    """The second notebook: a Flax model defined in the notebook (NCHW, mean/std), trained with optax,
+    analysed through evaluate.analyse_model."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(root / "notebooks" / "your_own_model.ipynb", as_version=4)
+    assert "from hfcjax import" in nb.cells[3].source and "class SmallCNN(nn.Module)" in nb.cells[3].source
+    os.environ["HFCJAX_NOTEBOOK_OUT"] = str(tmp_path / "report")
+    os.environ["HFCJAX_NOTEBOOK_TINY"] = "1"
+    try:
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(root)}}).execute()
+    finally:
+        os.environ.pop("HFCJAX_NOTEBOOK_OUT")
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    accuracy = float(text.split("test accuracy on 1000 images: ")[1].split()[0])
+    assert accuracy > 0.5  # it learned something in 150 steps
+    saved = json.loads((tmp_path / "report" / "robustness.json").read_text())
+    assert [r["name"] for r in saved["rows"]] == ["rho=0", "rho=0.5", "rho=1"]
+    assert saved["rows"][0]["clean"] > 0.5 and saved["rows"][2]["roughness"] < saved["rows"][0]["roughness"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+@pytest.mark.parametrize("name", ["hfcjax_colab.ipynb", "your_own_model.ipynb"])
+def test_notebook_install_cell_installs_from_the_repository(name, tmp_path, root, monkeypatch):
+    """The first cell, run as in Colab (a google.colab module present) with HFCJAX_REPO a git URL of this
+    repository, installs hfcjax from it (pip's target redirected to a temporary folder, no dependencies);
+    without HFCJAX_REPO it stops with one line, never `pip install hfcjax` from PyPI."""
+    import shutil
+    import types
+
+    nbformat = pytest.importorskip("nbformat")
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a clone of the repository")
+    cell = nbformat.read(root / "notebooks" / name, as_version=4).cells[1].source
+    install = cell[:cell.index('subprocess.run([sys.executable, "-m", "pip", "install", "-q", HFCJAX_REPO], check=True)')
+                   + len('subprocess.run([sys.executable, "-m", "pip", "install", "-q", HFCJAX_REPO], check=True)')]
+    assert "pip install hfcjax" not in cell and "!pip" not in cell
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.delenv("HFCJAX_REPO", raising=False)
+    with pytest.raises(SystemExit, match="set HFCJAX_REPO .* hfcjax is not on PyPI"):
+        exec(install, {})
+    monkeypatch.setenv("HFCJAX_REPO", f"git+file://{root}")
+    monkeypatch.setenv("PIP_TARGET", str(tmp_path / "site"))
+    monkeypatch.setenv("PIP_NO_DEPS", "1")
+    exec(install, {})
+    assert (tmp_path / "site" / "hfcjax" / "evaluate.py").is_file()
