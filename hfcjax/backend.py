@@ -93,3 +93,22 @@ def use_huge_pages() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *argv[1:]])
+
+
+def start_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+                      process_id: Optional[int] = None, *, heartbeat_timeout_s: int = 100,
+                      initialization_timeout_s: int = 300) -> None:
+    """Choice 6: JAX's multi-process runtime, `jax.distributed.initialize`, with explicit
+    values or (all None) its auto-detection on TPU pods, SLURM, GKE, Open MPI.
+
+    CPU processes exchange collectives through gloo (XLA:CPU has none across processes
+    otherwise); accelerators use their own. A process that stops sending heartbeats for
+    `heartbeat_timeout_s` is declared dead and the others stop with an error instead of
+    waiting in a collective forever.
+    """
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               initialization_timeout=initialization_timeout_s,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s)

@@ -40,7 +40,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from hfcjax import data, measure, models, reports
+from hfcjax import data, measure, models, reports, sharding
 
 MODEL, TRAIN, CONFIG, HISTORY = "model", "train", "config", "history"
 ITEMS = (MODEL, TRAIN, CONFIG, HISTORY)
@@ -67,6 +67,7 @@ class RunDir:
         self.eval = self.root / "eval"
         self.lock = self.root / ".hfcjax.lock"
         self.corrupt = self.root / "corrupt_checkpoints"
+        self.preempted = (self.root / "preempted").absolute()  # the mid-epoch checkpoint of a SIGTERM
 
     def epoch_dirs(self) -> List[Path]:
         """The finished checkpoint folders, oldest first."""
@@ -252,6 +253,47 @@ class TrainingCheckpoints:
             CONFIG: ocp.args.JsonRestore(), HISTORY: ocp.args.JsonRestore()})))
         return restored[MODEL], restored[TRAIN], dict(restored[CONFIG]), list(restored[HISTORY])
 
+    # A preempted run (SIGTERM) saves its state mid-epoch, with the epoch's running totals,
+    # into DIR/preempted/; its position.json, written last, marks it complete.
+
+    def save_preempted(self, epoch: int, step: int, *, model: Dict, train: Dict, totals: Dict, config: Dict) -> Path:
+        """Saves the state after step `step` of epoch `epoch` (every process calls this)."""
+        path = self.run_dir.preempted
+        try:
+            checkpointer = ocp.StandardCheckpointer()
+            checkpointer.save(path / "state", {MODEL: model, TRAIN: train, "totals": totals}, force=True)
+            checkpointer.wait_until_finished()
+            checkpointer.close()
+            if jax.process_index() == 0:
+                write_checksums(path)
+                reports.write_json(path / "position.json", {"epoch": epoch, "step": step, "config": config})
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"saving the preemption checkpoint to {path} failed ({_short(e)}); rerun to resume "
+                                  "from the last epoch instead.") from None
+        return path
+
+    def preempted(self) -> Optional[Dict]:
+        """{"epoch", "step", "config"} of a complete, intact preemption checkpoint, else None."""
+        position = self.run_dir.preempted / "position.json"
+        if not position.is_file():
+            return None
+        problem = verify(self.run_dir.preempted, ("state",))
+        if problem is not None:
+            self.log(f"the preemption checkpoint {self.run_dir.preempted} is corrupt ({problem}); ignoring it")
+            return None
+        return json.loads(position.read_text())
+
+    def restore_preempted(self, *, model: Dict, train: Dict, totals: Dict) -> Tuple[Dict, Dict, Dict]:
+        """(model, train, totals) of the preemption checkpoint, into the given abstract trees."""
+        target = {MODEL: model, TRAIN: train, "totals": totals}
+        restored = _read(self.run_dir.preempted, "preempted", lambda: ocp.StandardCheckpointer().restore(
+            self.run_dir.preempted / "state", target))
+        return restored[MODEL], restored[TRAIN], restored["totals"]
+
+    def clear_preempted(self) -> None:
+        if jax.process_index() == 0:
+            shutil.rmtree(self.run_dir.preempted, ignore_errors=True)
+
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
@@ -329,7 +371,10 @@ def restore_model(workdir, which: Union[str, int] = "latest", log: Callable[[str
         spec = data.get_spec(config.dataset)
         model = models.from_config(config, spec.num_classes)
         abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *spec.shape)), train=False))
-        target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
+        # Replicated over this job's devices, whatever the process count of the run that saved it.
+        repl = sharding.replicated(sharding.make_mesh())
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
+                              {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})})
         restored = _read(directory, epoch, lambda: manager.restore(
             epoch, args=ocp.args.Composite(**{MODEL: ocp.args.StandardRestore(target)})))
     finally:

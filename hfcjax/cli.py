@@ -7,9 +7,12 @@ choice and lives in `hfcjax.backend`.)
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from typing import List, Sequence
+
+from hfcjax import backend
 
 
 class UsageError(ValueError):
@@ -25,8 +28,9 @@ def floats(values: Sequence[str], flag: str) -> List[float]:
 
 
 def fail(message: str, code: int = 2):
-    """Prints `message` as one line after "error: " and exits with `code`."""
-    print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+    """Prints `message` as one line after "error: " (just the line when `code` is 0: a clean
+    stop such as a preemption) and exits with `code`."""
+    print(("error: " if code else "") + " ".join(str(message).split()), file=sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -45,8 +49,25 @@ def clear_errors():
         fail("interrupted (Ctrl-C); files are only ever written whole: rerun the same command to continue.", 130)
     except (ValueError, TypeError, DataError, OSError, RuntimeError, re.error, flags.Error) as e:
         if type(e).__module__.startswith(("jax", "jaxlib")):
+            if _processes() > 1:  # in a job, a failed collective means another process is gone
+                peer_failed(e)
             raise
         fail(f"bad regex ({e})" if isinstance(e, re.error) else str(e), getattr(e, "exit_code", 2))
+
+
+def _processes() -> int:
+    jax = sys.modules.get("jax")
+    return jax.process_count() if jax is not None else 1
+
+
+def peer_failed(e: BaseException) -> None:
+    """One line and an immediate exit (status 3): JAX's own shutdown would wait on, and then
+    abort for, the process that is gone."""
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    print(f"error: a collective across processes failed ({type(e).__name__}: {first}): another process of the job "
+          "died or was killed. Start the same command on every process again: the run resumes from its last "
+          "complete checkpoint.", file=sys.stderr, flush=True)
+    os._exit(3)
 
 
 def parse_flags(argv: List[str]) -> List[str]:
@@ -63,3 +84,41 @@ def parse_flags(argv: List[str]) -> List[str]:
         fail(f"unknown config key {text}")
     except (OSError, SyntaxError, ImportError) as e:  # the config file itself
         fail(str(e))
+
+
+def define_distributed_flags() -> None:
+    """--distributed and the explicit values of JAX's multi-process runtime; the values
+    default to the environment variables `hfcjax.launch` (or a job script) sets."""
+    from absl import flags
+
+    env = os.environ.get
+    flags.DEFINE_bool("distributed", False, "Start JAX's multi-process runtime first (several hosts, or one process "
+                      "per accelerator). Without the three values below JAX detects TPU pods, SLURM, GKE, Open MPI.")
+    flags.DEFINE_string("coordinator_address", env("JAX_COORDINATOR_ADDRESS"), "host:port of process 0's coordinator "
+                        "($JAX_COORDINATOR_ADDRESS).")
+    flags.DEFINE_integer("num_processes", int(env("JAX_NUM_PROCESSES", 0)) or None,
+                         "Processes in the job ($JAX_NUM_PROCESSES).")
+    flags.DEFINE_integer("process_id", int(env("JAX_PROCESS_ID")) if env("JAX_PROCESS_ID") else None,
+                         "This process's index, 0 .. num_processes - 1 ($JAX_PROCESS_ID).")
+    flags.DEFINE_integer("heartbeat_timeout", int(env("HFCJAX_HEARTBEAT_TIMEOUT", 100)),
+                         "Seconds without a heartbeat after which a process counts as dead and the job stops.")
+
+
+def start_distributed() -> None:
+    """Starts the multi-process runtime when --distributed was given (after flag parsing)."""
+    from absl import flags
+
+    F = flags.FLAGS
+    if not F.distributed:
+        return
+    explicit = (F.coordinator_address, F.num_processes, F.process_id)
+    if any(v is not None for v in explicit) and None in explicit:
+        fail("give --coordinator_address, --num_processes and --process_id together (or none of them, to let JAX "
+             "detect a TPU pod, SLURM, GKE or Open MPI).")
+    if F.process_id is not None and not 0 <= F.process_id < F.num_processes:
+        fail(f"--process_id {F.process_id} must lie in [0, {F.num_processes}).")
+    try:
+        backend.start_distributed(*explicit, heartbeat_timeout_s=F.heartbeat_timeout)
+    except Exception as e:  # noqa: BLE001 - what JAX raises when it cannot reach the coordinator
+        fail(f"cannot start the multi-process runtime ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
+             "check --coordinator_address and that every process was started.")

@@ -324,8 +324,10 @@ def batches(
     epoch: int = 0,
     shuffle: bool = True,
     drop_remainder: bool = True,
+    start_step: int = 0,
 ) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yields ``(images, labels, mask)`` batches of one epoch.
+    """Yields ``(images, labels, mask)`` batches of one epoch, from batch `start_step` on
+    (a run resumed mid-epoch gets the batches it had not seen, in the same order).
 
     Every batch has exactly `batch_size` rows (fixed shapes: one compilation). Without
     `drop_remainder` the last batch is padded with copies of row 0 and `mask` is 0 there.
@@ -334,7 +336,7 @@ def batches(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     n = len(images)
     order = epoch_order(n, seed, epoch, shuffle)
-    for step in range(steps_per_epoch(n, batch_size, drop_remainder)):
+    for step in range(start_step, steps_per_epoch(n, batch_size, drop_remainder)):
         idx = order[step * batch_size : (step + 1) * batch_size]
         mask = np.ones(batch_size, np.float32)
         if len(idx) < batch_size:

@@ -87,8 +87,9 @@ def analyse(apply_fn, variables, images, labels, out_dir, o, *, radii, inclusive
         apply_fn, eps=o.eps, pgd_steps=o.pgd_steps, pgd_step_fraction=o.pgd_step_fraction,
         strong_restarts=o.strong_restarts, square_queries=o.square_queries, band_radius=o.band_radius,
         spectra=o.spectra, apgd_steps=o.apgd_steps, batch_size=o.batch_size, seed=o.seed, log=log)
+    writer = out_dir is not None and jax.process_index() == 0  # one writer in a multi-process job
     saved = None
-    if out_dir is not None:  # finished rows survive an interruption; a rerun skips them
+    if out_dir is not None and jax.process_count() == 1:  # finished rows survive an interruption; a rerun skips them
         saved = reports.PartialResults(out_dir, {
             "options": o.to_dict(), "radii": list(radii), "inclusive": inclusive, "about": about or {},
             "model": digest(variables), "images": digest((images, labels))})
@@ -114,8 +115,9 @@ def analyse(apply_fn, variables, images, labels, out_dir, o, *, radii, inclusive
         bands = lambda m: {f"r{r:g}": dict(zip(("inside", "outside"), heatmap.band_means(m, r, inclusive=inclusive)))
                            for r in radii}
         result["heatmap"] = {"eps": o.heatmap_eps, "band_error": {f"rho={rho:g}": bands(m) for rho, m in maps.items()}}
-    if out_dir is not None:
+    if writer:
         write_report(Path(out_dir), result, kernels, freq, images, maps, inclusive=inclusive, class_names=class_names)
+    if saved:
         saved.finish()
     return result
 
@@ -228,12 +230,14 @@ def main(argv=None):
     flags.DEFINE_float("heatmap_eps", d.heatmap_eps, "Fourier heat map at this L2 norm for every rho (0 = off).")
     flags.DEFINE_float("band_radius", d.band_radius, "Also PGD confined to the LFC/HFC of this radius (0 = off).")
     flags.DEFINE_bool("spectra", d.spectra, "Radial spectra of the successful perturbations.")
+    cli.define_distributed_flags()
     flags.DEFINE_integer("apgd_steps", d.apgd_steps, "APGD-CE and APGD-DLR with this many steps at the largest eps "
                          "(0 = off).")
 
     def run(argv):
         logging.set_verbosity(logging.WARNING)
         F = flags.FLAGS
+        cli.start_distributed()
         with cli.clear_errors():
             options = dict(rhos=cli.floats(F.rho, "rho"), eps=cli.floats(F.eps, "eps"), num_examples=F.num_examples,
                            batch_size=F.batch_size, pgd_steps=F.pgd_steps, pgd_step_fraction=F.pgd_step_fraction,

@@ -22,6 +22,7 @@ import copy
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+import jax
 import ml_collections
 
 from hfcjax import config as config_lib, evaluate as evaluate_lib, measure, plots, reports, train
@@ -108,6 +109,8 @@ def reproduce(experiment: str, base: ml_collections.ConfigDict, workdir, *, only
             result = evaluate_lib.evaluate(workdir / name, **(eval_options or {}))
             tables.append(f"### {name}\n\n" + reports.render_markdown(result["rows"], evaluate_lib.columns_of(result))
                           + "\n")
+    if jax.process_index() != 0:  # one writer of the report in a multi-process job
+        return {"rows": rows, "histories": histories}
     figures = []
     for split in measure.SPLITS:
         path = plots.compare_runs(histories, base.track_radii, workdir / f"{experiment}_{split}.png", split=split,
@@ -136,9 +139,12 @@ def main():
 
     from hfcjax import cli
 
+    cli.define_distributed_flags()
+
     def run(argv):
         logging.set_verbosity(logging.WARNING)
         F = flags.FLAGS
+        cli.start_distributed()
         with cli.clear_errors():
             reproduce(F.experiment, F.config, F.workdir, only=F.only,
                       eval_options={"num_examples": F.eval_examples})

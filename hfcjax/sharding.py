@@ -6,8 +6,12 @@ passes its own rows of the global batch to `global_batch`.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -49,3 +53,26 @@ def global_batch(sharding: NamedSharding, *arrays: np.ndarray):
         rows = host_rows(array.shape[0])
         out.append(jax.make_array_from_process_local_data(sharding, array[rows], array.shape))
     return out if len(out) > 1 else out[0]
+
+
+def code_version() -> str:
+    """sha256 of hfcjax's own source files: processes of one job must run the same code."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def check_same_everywhere(**values: str) -> None:
+    """With several processes, a ValueError line when any was started with other `values`
+    (e.g. config=..., code=...) than process 0; otherwise they would wait in a collective
+    for each other forever, or silently train different things."""
+    if jax.process_count() == 1:
+        return
+    for name, value in values.items():
+        digest = np.frombuffer(hashlib.sha256(value.encode()).digest(), np.uint8)
+        every = np.asarray(multihost_utils.process_allgather(digest))
+        other = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+        if other:
+            raise ValueError(f"process(es) {other} were started with another {name} than process 0; start every "
+                             "process of the job with the same command, config and hfcjax version.")

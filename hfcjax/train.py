@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
+from jax.experimental import multihost_utils
 
 from hfcjax import (attacks, checkpoints, config as config_lib, data, frequency, measure, models, plots, sharding,
                     writers)
@@ -49,6 +51,13 @@ class Interrupted(RuntimeError):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class Preempted(RuntimeError):
+    """SIGTERM (a preempted VM) stopped the run at a step boundary after saving the state
+    mid-epoch; the rerun continues from that step. Not a failure: `exit_code` 0."""
+
+    exit_code = 0
 
 
 @contextlib.contextmanager
@@ -225,6 +234,9 @@ class Trainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, allow_config_change: Sequence[str] = ()):
         config_lib.validate(config)
+        shared = {k: v for k, v in config.to_dict().items() if k != "data_dir"}  # data may live elsewhere per host
+        sharding.check_same_everywhere(config=json.dumps(shared, sort_keys=True, default=str),
+                                       code=sharding.code_version())
         self.config, self.run_dir = config, checkpoints.RunDir(workdir)
         self.allow_config_change = tuple(allow_config_change)
         self.stop: List[int] = []  # signals received (filled by `stop_requests` during `run`)
@@ -281,40 +293,83 @@ class Trainer:
         return measure.flat_metrics({"train": self.evaluate(state, *eval_train),
                                      "test": self.evaluate(state, self.test_images, self.test_labels)})
 
-    def train_epoch(self, state, epoch: int, progress: writers.ReportProgress) -> Tuple[TrainState, Dict]:
-        """One epoch of steps; returns the state and {loss, batch_acc} over the epoch."""
+    def train_epoch(self, state, epoch: int, progress: writers.ReportProgress, ckpt: checkpoints.TrainingCheckpoints,
+                    start_step: int = 0, totals=None) -> Tuple[TrainState, Dict]:
+        """One epoch of steps (from `start_step`, with the epoch's `totals` so far, after a
+        preemption); returns the state and {loss, batch_acc} over the epoch."""
         c = self.config
-        totals = jax.device_put(zero_totals(), self.repl)
-        progress.start_epoch()
+        totals = jax.device_put(zero_totals(), self.repl) if totals is None else totals
+        progress.start_epoch(start_step)
         for i, (images, labels, _) in enumerate(data.batches(self.train_images, self.train_labels, c.batch_size,
-                                                             seed=c.seed, epoch=epoch)):
+                                                             seed=c.seed, epoch=epoch, start_step=start_step),
+                                                start=start_step):
             x, y = sharding.global_batch(self.batch_sh, images, labels)
             state, totals = self.train_step(state, totals, x, y)
-            if self.stop:
-                raise Interrupted(self.stop[0], f"stopped by {signal.Signals(self.stop[0]).name} in epoch {epoch} "
-                                                f"at step {i + 1}; the last checkpoint is of epoch {epoch - 1}: rerun "
-                                                "the same command to resume from there.")
+            signum = self.agreed_stop()
+            if signum:
+                self.stop_at(signum, ckpt, state, totals, epoch, i + 1)
             if progress.due(i + 1):
                 progress(epoch, i + 1, summarize(jax.device_get(totals), epoch))
         return state, summarize(jax.device_get(totals), epoch)
+
+    def agreed_stop(self) -> int:
+        """The signal that stops every process at this step boundary (0: none). With several
+        processes they agree (the largest signal any received), so all stop at the same step."""
+        local = max(self.stop, default=0)
+        if jax.process_count() == 1:
+            return local
+        return int(np.max(multihost_utils.process_allgather(np.int32(local))))
+
+    def stop_at(self, signum: int, ckpt: checkpoints.TrainingCheckpoints, state, totals, epoch: int, step: int):
+        """SIGTERM: save the state mid-epoch and raise `Preempted`; SIGINT: raise `Interrupted`."""
+        name = signal.Signals(signum).name
+        if signum == signal.SIGTERM:
+            path = ckpt.save_preempted(epoch, step, model=state.model_item(), train=state.train_item(), totals=totals,
+                                       config=self.config.to_dict())
+            raise Preempted(f"{name}: saved the state after step {step} of epoch {epoch} to {path}; rerun the same "
+                            "command to continue from there.")
+        raise Interrupted(signum, f"stopped by {name} in epoch {epoch} at step {step}; the last checkpoint is of "
+                                  f"epoch {epoch - 1}: rerun the same command to resume from there.")
 
     def resume(self, ckpt: checkpoints.TrainingCheckpoints) -> Tuple[TrainState, List[Dict]]:
         """The latest checkpoint's state and history, or a fresh state and no history."""
         epoch = ckpt.latest_epoch()
         if epoch is None:
             return self.init(), []
-        abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                jax.eval_shape(self.init), self.state_sharding)
+        abstract = self.abstract_state()
         model, train, saved_config, history = ckpt.restore(epoch, model=abstract.model_item(),
                                                            train=abstract.train_item())
+        self.check_config(saved_config)
+        log(f"resuming from {ckpt.directory} after epoch {epoch}")
+        return TrainState.from_items(model, train), history
+
+    def abstract_state(self) -> TrainState:
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            jax.eval_shape(self.init), self.state_sharding)
+
+    def check_config(self, saved_config: Dict) -> None:
         changes = config_lib.result_changes(saved_config, self.config, self.allow_config_change)
         if changes:
             raise ConfigChanged(f"{self.run_dir.root} holds a run with another config ({'; '.join(changes)}); "
                                 "resuming would mix two runs. Use another --workdir, or pass "
                                 f"--allow_config_change={','.join(c.split(':')[0] for c in changes)} to continue "
                                 "with the new values.")
-        log(f"resuming from {ckpt.directory} after epoch {epoch}")
-        return TrainState.from_items(model, train), history
+
+    def resume_preempted(self, ckpt: checkpoints.TrainingCheckpoints, state, epoch: int):
+        """(state, start_step, totals) from a preemption checkpoint taken in `epoch`, or the
+        given state from step 0 when there is none (one left from an earlier epoch is removed)."""
+        position = ckpt.preempted()
+        if position is None or position["epoch"] != epoch:
+            if position is not None:
+                ckpt.clear_preempted()
+            return state, 0, None
+        self.check_config(position["config"])
+        abstract = self.abstract_state()
+        totals = jax.tree.map(lambda t: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=self.repl), zero_totals())
+        model, train, totals = ckpt.restore_preempted(model=abstract.model_item(), train=abstract.train_item(),
+                                                      totals=totals)
+        log(f"resuming from {self.run_dir.preempted} at step {position['step']} of epoch {epoch} (preempted)")
+        return TrainState.from_items(model, train), position["step"], totals
 
     def run(self) -> List[Dict]:
         """Trains the remaining epochs, owning the workdir meanwhile; returns every epoch's
@@ -342,10 +397,12 @@ class Trainer:
         log(f"{c.model} on {c.dataset}: {len(self.train_images)} train / {len(self.test_images)} test images, "
             f"{self.steps_per_epoch} steps/epoch, {c.num_epochs} epochs, {self.mesh.size} device(s) "
             f"[{jax.devices()[0].platform}]")
+        state, start_step, totals = self.resume_preempted(ckpt, state, len(history) + 1)
         try:
             for epoch in range(len(history) + 1, c.num_epochs + 1):
                 start = time.time()
-                state, summary = self.train_epoch(state, epoch, progress)
+                state, summary = self.train_epoch(state, epoch, progress, ckpt, start_step, totals)
+                start_step, totals = 0, None
                 train_seconds, eval_start = time.time() - start, time.time()
                 metrics = self.epoch_metrics(state)
                 progress.end_epoch(time.time() - eval_start)
@@ -355,6 +412,7 @@ class Trainer:
                                 "images_per_second": round(self.steps_per_epoch * c.batch_size / train_seconds, 1)})
                 ckpt.save(epoch, model=state.model_item(), train=state.train_item(), config=c.to_dict(),
                           history=history)  # synchronous: metrics are written only for saved epochs
+                ckpt.clear_preempted()
                 writer.write_scalars(epoch, {k: v for k, v in history[-1].items() if k != "epoch"})
         finally:
             writer.close()

@@ -150,10 +150,11 @@ class ReportProgress:
         self.num_epochs, self.steps_per_epoch = num_epochs, steps_per_epoch
         self.batch_size, self.every_steps, self.log = batch_size, every_steps, log
         self.eval_seconds: Optional[float] = None
-        self._epoch_start = time.time()
+        self._epoch_start, self._done_steps = time.time(), 0
 
-    def start_epoch(self) -> None:
-        self._epoch_start = time.time()
+    def start_epoch(self, done_steps: int = 0) -> None:
+        """The epoch starts now, `done_steps` steps in (a run resumed mid-epoch)."""
+        self._epoch_start, self._done_steps = time.time(), done_steps
 
     def end_epoch(self, eval_seconds: float) -> None:
         self.eval_seconds = eval_seconds
@@ -163,7 +164,7 @@ class ReportProgress:
         return step_in_epoch % self.every_steps == 0 or step_in_epoch == self.steps_per_epoch
 
     def __call__(self, epoch: int, step_in_epoch: int, summary: Dict[str, float]) -> None:
-        rate = step_in_epoch * self.batch_size / max(time.time() - self._epoch_start, 1e-9)
+        rate = (step_in_epoch - self._done_steps) * self.batch_size / max(time.time() - self._epoch_start, 1e-9)
         images_left = ((self.num_epochs - epoch) * self.steps_per_epoch
                        + self.steps_per_epoch - step_in_epoch) * self.batch_size
         evals_left = self.num_epochs - epoch + 1

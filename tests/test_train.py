@@ -118,24 +118,48 @@ def test_resume_after_sigkill_mid_epoch_equals_uninterrupted(tmp_path, uninterru
     assert records(tmp_path) == records(uninterrupted)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_sigint_and_sigterm_stop_at_a_step_with_one_line_and_resume_exactly(tmp_path, uninterrupted, cli, signum):
+def test_sigint_stops_at_a_step_with_one_line_and_resumes_exactly(tmp_path, uninterrupted, cli):
     proc = cli(tmp_path, stderr=subprocess.PIPE)
     for line in proc.stdout:
         if line.startswith("epoch 2/2 step 15/"):
-            proc.send_signal(signum)
+            proc.send_signal(signal.SIGINT)
             break
     out, err = proc.communicate(timeout=60)  # promptly: the next step boundary
-    assert proc.returncode == 128 + signum, err
+    assert proc.returncode == 128 + signal.SIGINT, err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in err
-    assert errors[0].startswith(f"error: stopped by {signal.Signals(signum).name} in epoch 2 at step")
+    assert errors[0].startswith("error: stopped by SIGINT in epoch 2 at step")
     assert "the last checkpoint is of epoch 1" in errors[0]
     assert len(records(tmp_path)) == 1 and not checkpoints.RunDir(tmp_path).lock.exists()
     resumed = cli(tmp_path)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert records(tmp_path) == records(uninterrupted)
+
+
+def test_sigterm_saves_mid_epoch_exits_0_and_the_rerun_continues_from_that_step(tmp_path, uninterrupted, cli):
+    """What a preempted VM gets: the state after the next step is saved with the epoch's running
+    totals; the rerun trains only the rest of the epoch and ends with the uninterrupted metrics."""
+    proc = cli(tmp_path, stderr=subprocess.PIPE)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/2 step 5/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("SIGTERM: ")]
+    assert len(lines) == 1 and "Traceback" not in err and "error" not in err, err
+    step = int(lines[0].split("after step ")[1].split()[0])
+    assert 5 <= step < 15 and "of epoch 2" in lines[0]
+    run_dir = checkpoints.RunDir(tmp_path)
+    assert (run_dir.preempted / "position.json").is_file() and len(records(tmp_path)) == 1
+    resumed = cli(tmp_path)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert f"at step {step} of epoch 2 (preempted)" in out
+    assert f"epoch 2/2 step {step}/" not in out  # the steps before the preemption are not trained again
+    assert records(tmp_path) == records(uninterrupted)
+    assert not run_dir.preempted.exists()
 
 
 EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
