@@ -1,4 +1,4 @@
-"""python -m benchmarks [--only split,attacks,beyond,train] [--out docs/benchmarks_<cpu|gpu>.md]
+"""python -m benchmarks [--only split,attacks,beyond,train,processes] [--out docs/benchmarks_<cpu|gpu>.md]
 
 Runs every benchmark, prints one table of measurements and ratios against baselines
 measured in the same run, and writes it (with the machine) to the output Markdown file.
@@ -39,6 +39,10 @@ def main():
 
         with tempfile.TemporaryDirectory() as tmp:
             rows += print_rows(bench_train.run(tmp))
+    if "processes" in wanted:
+        from benchmarks import bench_processes
+
+        rows += print_rows(bench_processes.run(common.on_gpu()))
     table = render(rows)
     print("\n" + table)
     out = Path(args.out or f"docs/benchmarks_{'gpu' if common.on_gpu() else 'cpu'}.md")
