@@ -2,7 +2,6 @@
 Colab notebook executes end to end."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -63,39 +62,33 @@ def test_cli_runs_an_experiment(tmp_path, root, subprocess_env):
     assert bad.returncode != 0 and "table9" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_notebook_executes(tmp_path, root):
+def execute_notebook(root, name, monkeypatch, **env):
+    """Runs notebooks/`name` top to bottom (tiny settings) and returns its code cells' outputs,
+    after checking that none is an error and that it drew at least one PNG."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(root / "notebooks" / "hfcjax_colab.ipynb", as_version=4)
-    os.environ["HFCJAX_NOTEBOOK_WORKDIR"] = str(tmp_path / "run")
-    os.environ["HFCJAX_NOTEBOOK_TINY"] = "1"
-    try:
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(root)}}).execute()
-    finally:
-        os.environ.pop("HFCJAX_NOTEBOOK_WORKDIR")
+    nb = nbformat.read(root / "notebooks" / name, as_version=4)
+    for key, value in {"HFCJAX_NOTEBOOK_TINY": "1", **env}.items():
+        monkeypatch.setenv(key, value)  # the kernel inherits this process's environment
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+                            ).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
+    return nb, outputs
+
+
+def test_notebook_executes(tmp_path, root, monkeypatch):
+    execute_notebook(root, "hfcjax_colab.ipynb", monkeypatch, HFCJAX_NOTEBOOK_WORKDIR=str(tmp_path / "run"))
     assert (checkpoints.RunDir(tmp_path / "run").eval / "robustness.md").exists()
 
 
-def test_your_own_model_notebook_executes(tmp_path, root):
+def test_your_own_model_notebook_executes(tmp_path, root, monkeypatch):
     """The second notebook: a Flax model defined in the notebook (NCHW, mean/std), trained with optax,
     analysed through evaluate.analyse_model."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(root / "notebooks" / "your_own_model.ipynb", as_version=4)
+    nb, outputs = execute_notebook(root, "your_own_model.ipynb", monkeypatch,
+                                   HFCJAX_NOTEBOOK_OUT=str(tmp_path / "report"))
     assert "from hfcjax import" in nb.cells[3].source and "class SmallCNN(nn.Module)" in nb.cells[3].source
-    os.environ["HFCJAX_NOTEBOOK_OUT"] = str(tmp_path / "report")
-    os.environ["HFCJAX_NOTEBOOK_TINY"] = "1"
-    try:
-        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                resources={"metadata": {"path": str(root)}}).execute()
-    finally:
-        os.environ.pop("HFCJAX_NOTEBOOK_OUT")
-    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     accuracy = float(text.split("test accuracy on 1000 images: ")[1].split()[0])
     assert accuracy > 0.5  # it learned something in 150 steps
