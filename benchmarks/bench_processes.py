@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERRIDES = ["--config.train_subset=6000", "--config.test_subset=500", "--config.eval_train_subset=500",
+OVERRIDES = ["--config.train_subset=3000", "--config.test_subset=500", "--config.eval_train_subset=500",
              "--config.batch_size=100", "--config.eval_batch_size=250", "--config.num_epochs=2",
              "--config.log_every_steps=1000"]
 
