@@ -15,6 +15,7 @@ defaults are `config.eval_default()`.
 from __future__ import annotations
 
 import hashlib
+import json
 from functools import partial
 from pathlib import Path
 from typing import Dict, Optional
@@ -24,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from hfcjax import (checkpoints, config as config_lib, data, evaluators, external, heatmap, measure, plots, reports,
-                    torch_weights)
+                    sharding, torch_weights)
 
 
 def log(message: str) -> None:
@@ -75,6 +76,8 @@ def analyse(apply_fn, variables, images, labels, out_dir, o, *, radii, inclusive
             recalibrate=None, about: Optional[Dict] = None) -> Dict:
     """The evaluators on `apply_fn(variables, x)`: robustness grid over the rhos, heat maps,
     frequency report; files into `out_dir` (when given), only after everything is computed."""
+    grid = {k: v for k, v in o.to_dict().items() if k != "data_dir"}  # a job's processes must run the same grid
+    sharding.check_same_everywhere(options=json.dumps(grid, sort_keys=True, default=str), code=sharding.code_version())
     if o.num_examples:
         images, labels = images[:o.num_examples], labels[:o.num_examples]
     log(f"{len(images)} images; rho {list(o.rhos)}, eps {list(o.eps)}, PGD-{o.pgd_steps} step "
