@@ -166,8 +166,8 @@ def test_a_killed_evaluation_resumes_its_grid_and_gives_the_same_report(run_dir,
     workdir = tmp_path / "run"
     shutil.copytree(run_dir, workdir)
     shutil.rmtree(workdir / "eval", ignore_errors=True)
-    args = [sys.executable, "-m", "hfcjax.evaluate", "--workdir", str(workdir), "--rho", "0,0.25,0.5,0.75,1",
-            "--eps", "0.05,0.1", "--num_examples", "200", "--batch_size", "50", "--pgd_steps", "5",
+    args = [sys.executable, "-m", "hfcjax.evaluate", "--workdir", str(workdir), "--rho", "0,0.25,0.5,1",
+            "--eps", "0.05,0.1", "--num_examples", "100", "--batch_size", "50", "--pgd_steps", "3", "--restarts", "1",
             "--square_queries", "0", "--recalibrate_bn", "no", "--heatmap_eps", "0", "--apgd_steps", "0"]
     partial = checkpoints.RunDir(workdir).eval / evaluate.reports.PartialResults.FOLDER
     proc = subprocess.Popen(args, cwd=root, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -179,7 +179,7 @@ def test_a_killed_evaluation_resumes_its_grid_and_gives_the_same_report(run_dir,
     first = proc.communicate()[0]
     kept = sorted(p.name for p in partial.glob("rho=*.json"))
     assert "compiling the attacks" in first and "ETA" in first and "for the whole grid" in first, first[-2000:]
-    assert 1 <= len(kept) < 5 and not (partial.parent / "robustness.json").exists(), kept
+    assert 1 <= len(kept) < 4 and not (partial.parent / "robustness.json").exists(), kept
     again = subprocess.run(args, cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("read back from the interrupted run") == len(kept), again.stdout[-3000:]

@@ -14,9 +14,11 @@ import pytest
 
 from hfcjax import checkpoints, launch, measure
 
-OVERRIDES = ["--config.train_subset=200", "--config.test_subset=200", "--config.eval_train_subset=200",
+RADII = (4.0,)  # one tracked radius keeps every run's compilation short
+OVERRIDES = ["--config.train_subset=200", "--config.test_subset=100", "--config.eval_train_subset=100",
              "--config.batch_size=40", "--config.eval_batch_size=100", "--config.batch_norm=True",
-             "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5", "--config.log_every_steps=1"]
+             "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5", "--config.log_every_steps=1",
+             f"--config.track_radii={RADII}"]
 TIMING = {"train_seconds", "eval_seconds", "images_per_second"}
 
 
@@ -52,7 +54,7 @@ def records(workdir):
 
 
 def assert_same_run(a, b, exact=False):
-    """Same metrics (exactly, or within float reduction order: 1 image in 200, loss 1e-5) and parameters."""
+    """Same metrics (exactly, or within float reduction order: 1 image in 100, loss 1e-5) and parameters."""
     ra, rb = records(a), records(b)
     assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb] and ra[0].keys() == rb[0].keys()
     if exact:
@@ -60,9 +62,9 @@ def assert_same_run(a, b, exact=False):
     for x, y in zip(ra, rb):
         np.testing.assert_allclose(x["loss"], y["loss"], rtol=1e-5)
         for split in measure.SPLITS:
-            variants = measure.tracked_variants((4.0, 8.0, 12.0, 16.0))
+            variants = measure.tracked_variants(RADII)
             assert measure.accuracies(x, split, variants) == pytest.approx(measure.accuracies(y, split, variants),
-                                                                           abs=1 / 200)
+                                                                           abs=1 / 100)
     pa = checkpoints.restore_model(a)[2]
     pb = checkpoints.restore_model(b)[2]
     for u, v in zip(jax_leaves(pa), jax_leaves(pb)):

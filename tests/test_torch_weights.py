@@ -129,8 +129,8 @@ def test_command_line_reads_a_torch_file(tmp_path, root, subprocess_env):
     import subprocess
     import sys
 
-    model = randomised(PreActResNet18(True, False))
-    torch.save(model.state_dict(), tmp_path / "preact.pt")
+    model = randomised(WideResNet(10, 1))  # small: the command line compiles the whole grid for it
+    torch.save(model.state_dict(), tmp_path / "wrn.pt")
     images = np.random.default_rng(4).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     with torch.no_grad():
         labels = model(torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)).argmax(1).numpy()
@@ -138,12 +138,12 @@ def test_command_line_reads_a_torch_file(tmp_path, root, subprocess_env):
     base = [sys.executable, "-m", "hfcjax.evaluate", "--data", str(tmp_path / "data.npz"), "--out",
             str(tmp_path / "report"), "--eps", "0.03", "--pgd_steps", "1", "--restarts", "1", "--square_queries", "0",
             "--batch_size", "6", "--rho", "0", "--heatmap_eps", "0", "--apgd_steps", "0", "--nospectra"]
-    proc = subprocess.run(base + ["--torch_weights", str(tmp_path / "preact.pt"), "--arch", "preact_resnet18"],
+    proc = subprocess.run(base + ["--torch_weights", str(tmp_path / "wrn.pt"), "--arch", "wrn"],
                           cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "report" / "robustness.json").read_text())["rows"][0]["clean"] == 1.0
-    for extra, message in (([], "--torch_weights needs --arch"), (["--arch", "resnet50"], "(it converts as --arch preact_resnet18)")):
-        bad = subprocess.run(base + ["--torch_weights", str(tmp_path / "preact.pt"), *extra], cwd=root,
+    for extra, message in (([], "--torch_weights needs --arch"), (["--arch", "resnet50"], "(it converts as --arch wrn)")):
+        bad = subprocess.run(base + ["--torch_weights", str(tmp_path / "wrn.pt"), *extra], cwd=root,
                              env=subprocess_env, capture_output=True, text=True, timeout=300)
         errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
         assert bad.returncode == 2 and len(errors) == 1 and message in errors[0], bad.stderr[-2000:]
