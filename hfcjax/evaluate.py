@@ -94,7 +94,7 @@ def analyse(apply_fn, variables, images, labels, out_dir, o, *, radii, inclusive
     saved = None
     if out_dir is not None and jax.process_count() == 1:  # finished rows survive an interruption; a rerun skips them
         saved = reports.PartialResults(out_dir, {
-            "options": o.to_dict(), "radii": list(radii), "inclusive": inclusive, "about": about or {},
+            "options": grid, "radii": list(radii), "inclusive": inclusive, "about": about or {},
             "model": digest(variables), "images": digest((images, labels))})
         if saved.stale:
             log(f"settings, model or images changed since the interrupted run: its rows in {saved.folder} were removed")
@@ -130,18 +130,9 @@ def heatmaps(apply_fn, variants, images, labels, o, saved: Optional[reports.Part
     completes and maps of an interrupted run are read back."""
     heat = evaluators.HeatmapEvaluator(apply_fn, eps=o.heatmap_eps, batch_size=o.batch_size, seed=o.seed, log=log)
     progress = evaluators.GridProgress(len(variants), len(images), log, what="heat-map grid")
-    maps = {}
-    for rho, v in variants:
-        name = f"heatmap rho={rho:g}"
-        maps[rho] = saved.get(name) if saved else None
-        if maps[rho] is not None:
-            log(f"  {name}: read back from the interrupted run")
-            progress.skip(len(images))
-            continue
-        maps[rho] = heat.run(v, images, labels, f"rho={rho:g}", progress)
-        if saved:
-            saved.put(name, maps[rho])
-    return maps
+    return {rho: progress.kept_or_run(f"heatmap rho={rho:g}", saved,
+                                      lambda v=v, rho=rho: heat.run(v, images, labels, f"rho={rho:g}", progress))
+            for rho, v in variants}
 
 
 def digest(tree) -> str:

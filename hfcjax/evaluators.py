@@ -162,13 +162,26 @@ class GridProgress:
     is measured from the end of the first batch on, so compilation does not skew it."""
 
     def __init__(self, rows: int, images: int, log: Log = print, what: str = "grid"):
-        self.total, self.done, self.log, self.what = rows * images, 0, log, what
+        self.total, self.done, self.images, self.log, self.what = rows * images, 0, images, log, what
         self.steady: Optional[Tuple[float, int]] = None  # (time, done) after the first batch
         self.start = time.time()
 
     def skip(self, images: int) -> None:
         """A row read back from an earlier run: it leaves the work to do."""
         self.total -= images
+
+    def kept_or_run(self, name: str, partial: Optional[reports.PartialResults], run: Callable[[], Any]) -> Any:
+        """Row `name`: read back from `partial` when an interrupted run kept it (said, and left
+        out of the ETA), else `run()`, kept in `partial` as soon as it is done."""
+        value = partial.get(name) if partial else None
+        if value is not None:
+            self.log(f"  {name}: read back from the interrupted run ({partial.folder})")
+            self.skip(self.images)
+            return value
+        value = run()
+        if partial:
+            partial.put(name, value)
+        return value
 
     def advance(self, images: int, label: str) -> None:
         now = time.time()
@@ -280,17 +293,10 @@ def smoothing_grid(evaluator: RobustnessEvaluator, variables, images_u8, labels,
     progress = GridProgress(len(rhos) * (2 if recalibrate else 1), len(images_u8), evaluator.log)
     for name, rho, recal, current in smoothed_variants(variables, rhos=rhos, layers=layers, recalibrate=recalibrate):
         kernel = np.asarray(jax.device_get(smoothing.first_kernel(current["params"], layers)))
-        row = partial.get(name) if partial else None
-        if row is not None:
-            evaluator.log(f"  {name}: read back from the interrupted run ({partial.folder})")
-            progress.skip(len(images_u8))
-        else:
-            row = {"name": name, "rho": rho, "bn_reestimated": recal,
-                   **evaluator.run(current, images_u8, labels, name, progress),
-                   "roughness": float(smoothing.roughness(kernel))}
-            if partial:
-                partial.put(name, row)
-        rows.append(row)
+        rows.append(progress.kept_or_run(name, partial, lambda: {
+            "name": name, "rho": rho, "bn_reestimated": recal,
+            **evaluator.run(current, images_u8, labels, name, progress),
+            "roughness": float(smoothing.roughness(kernel))}))
         if not recal:
             kernels[name] = kernel
     return rows, kernels
