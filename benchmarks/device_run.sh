@@ -33,7 +33,7 @@ if [ "${WITH_CIFAR_RUN:-0}" = 1 ]; then
     --config.eval_batch_size=1000 --config.log_every_steps=1000 2>&1 | tail -n 25 | tee "$OUT/train.log"
   echo "train: $(( $(date +%s) - t0 ))s"
   t0=$(date +%s)
-  timeout "${EVAL_TIMEOUT:-120}" python3 -m hfcjax.evaluate --workdir /tmp/cifar --batch_size 1017 2>&1 | tail -n 40 | tee "$OUT/evaluate.log"
+  timeout "${EVAL_TIMEOUT:-120}" python3 -m hfcjax.evaluate --workdir /tmp/cifar --config.evaluation.batch_size=1017 2>&1 | tail -n 40 | tee "$OUT/evaluate.log"
   echo "evaluate: $(( $(date +%s) - t0 ))s"
   tar czf "$OUT/cifar_resnet18_run.tgz" -C /tmp/cifar metrics.jsonl figures eval 2>/dev/null
 fi

@@ -14,4 +14,5 @@ def get_config():
     c.eval_batch_size = 1000
     c.eval_train_subset = 10000  # LFC/HFC tracking on the first 10k training images keeps an epoch ~2 min
     c.log_every_steps = 100
+    c.evaluation.num_examples = 500  # hfcjax.evaluate / reproduce table2: the rho grid on the first 500 test images
     return c

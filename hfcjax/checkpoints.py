@@ -24,13 +24,9 @@ newest intact one, saying so. Saves are synchronous, so a failed save stops the 
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import json
-import os
+import datetime
 import shutil
-import socket
-import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -40,7 +36,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from hfcjax import data, measure, models, reports, sharding
+from hfcjax import data, hashing, measure, models, reports, sharding
+from hfcjax.errors import UserError
 
 MODEL, TRAIN, CONFIG, HISTORY = "model", "train", "config", "history"
 ITEMS = (MODEL, TRAIN, CONFIG, HISTORY)
@@ -51,7 +48,7 @@ def _best_metric(metrics) -> float:
     return metrics[BEST_METRIC]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A run directory holds no usable checkpoint for what was asked; the message says what to do."""
 
 
@@ -79,21 +76,13 @@ class RunDir:
 CHECKSUMS = "hfcjax_sha256.json"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _files(epoch_dir: Path) -> List[Path]:
     return sorted(p for p in epoch_dir.rglob("*") if p.is_file() and p.name != CHECKSUMS)
 
 
 def write_checksums(epoch_dir: Path) -> None:
     """Records the size and sha256 of every file of a finished checkpoint."""
-    table = {str(p.relative_to(epoch_dir)): [p.stat().st_size, _sha256(p)] for p in _files(epoch_dir)}
+    table = {str(p.relative_to(epoch_dir)): [p.stat().st_size, hashing.file_sha256(p)] for p in _files(epoch_dir)}
     reports.write_json(epoch_dir / CHECKSUMS, table)
 
 
@@ -116,74 +105,9 @@ def verify(epoch_dir: Path, items: Sequence[str] = ITEMS) -> Optional[str]:
             return f"file {name} is missing"
         if file.stat().st_size != size:
             return f"file {name} has {file.stat().st_size} bytes instead of {size} (truncated or changed)"
-        if _sha256(file) != digest:
+        if hashing.file_sha256(file) != digest:
             return f"file {name} does not match its checksum (corrupted)"
     return None
-
-
-class WorkdirBusy(RuntimeError):
-    """Another run owns the workdir; the message names it."""
-
-
-class WorkdirLock:
-    """One training run per workdir: `DIR/.hfcjax.lock` holds the owner's host and pid.
-
-    A lock left by a process of this host that no longer runs is stale and taken over; a
-    live owner, or one on another host (which cannot be checked from here), is refused.
-    """
-
-    def __init__(self, workdir, log: Callable[[str], None] = print):
-        self.path, self.log, self.held = RunDir(workdir).lock, log, False
-
-    def __enter__(self) -> "WorkdirLock":
-        me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv)}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            for _ in range(2):
-                try:
-                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                except FileExistsError:
-                    self._check_owner(me["host"])
-                    continue
-                with os.fdopen(fd, "w") as f:
-                    json.dump(me, f)
-                self.held = True
-                return self
-        except OSError as e:
-            raise CheckpointError(f"cannot write to the workdir {self.path.parent} ({e.strerror or e}): "
-                                  "choose a writable --workdir.") from None
-        raise WorkdirBusy(f"could not take {self.path}; another run is starting in the same workdir.")
-
-    def _check_owner(self, host: str) -> None:
-        try:
-            owner = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            owner = {}
-        pid, owner_host = owner.get("pid"), owner.get("host")
-        if owner_host == host and isinstance(pid, int) and not _alive(pid):
-            self.log(f"taking over the stale lock {self.path} of pid {pid} (no longer running)")
-            self.path.unlink(missing_ok=True)
-            return
-        raise WorkdirBusy(f"the workdir {self.path.parent} is in use by pid {pid} on host {owner_host} since "
-                          f"{owner.get('started')}: wait for that run, choose another --workdir, or delete "
-                          f"{self.path} if that run is gone.")
-
-    def __exit__(self, *exc) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def variables_of(params, batch_stats) -> Dict[str, Any]:

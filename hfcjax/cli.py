@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from typing import List, Sequence
 
 from hfcjax import backend
+from hfcjax.errors import UserError
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """A command-line value is malformed; the message names the flag."""
 
 
@@ -36,23 +36,20 @@ def fail(message: str, code: int = 2):
 
 @contextlib.contextmanager
 def clear_errors():
-    """Turns expected failures (bad config or flags, missing data or checkpoints, NaN loss,
-    a bad regex, Ctrl-C) into one line on stderr and exit status 2 (or the exception's
-    `exit_code`, e.g. 130 after SIGINT)."""
-    from absl import flags
-
-    from hfcjax.data import DataError
-
+    """Turns what a user did wrong (`errors.UserError`: bad config or flags, missing data or
+    checkpoints, NaN loss, a stop by a signal) and Ctrl-C into one line on stderr and exit
+    status 2 (or the exception's `exit_code`, e.g. 130 after SIGINT). Anything else is a bug
+    and shows its traceback, except a failed collective in a multi-process job (a peer died)."""
     try:
         yield
     except KeyboardInterrupt:
         fail("interrupted (Ctrl-C); files are only ever written whole: rerun the same command to continue.", 130)
-    except (ValueError, TypeError, DataError, OSError, RuntimeError, re.error, flags.Error) as e:
-        if type(e).__module__.startswith(("jax", "jaxlib")):
-            if _processes() > 1:  # in a job, a failed collective means another process is gone
-                peer_failed(e)
-            raise
-        fail(f"bad regex ({e})" if isinstance(e, re.error) else str(e), getattr(e, "exit_code", 2))
+    except UserError as e:
+        fail(str(e), e.exit_code)
+    except Exception as e:  # noqa: BLE001 - re-raised unless a peer process died
+        if type(e).__module__.startswith(("jax", "jaxlib")) and _processes() > 1:
+            peer_failed(e)  # in a job, a failed collective means another process is gone
+        raise
 
 
 def _processes() -> int:
@@ -70,45 +67,65 @@ def peer_failed(e: BaseException) -> None:
     os._exit(3)
 
 
-def parse_flags(argv: List[str]) -> List[str]:
-    """absl's flag parsing for `app.run(main, flags_parser=cli.parse_flags)`, with one line for
-    a bad flag, an unknown or mistyped config key, or a config file that does not load."""
+def parse_flags(argv: List[str], flag_values=None) -> List[str]:
+    """absl's flag parsing (of `flag_values`, default the global FLAGS, as for
+    `app.run(main, flags_parser=cli.parse_flags)`), with one line for a bad flag, an unknown
+    or mistyped config key, or a config file that does not load."""
+    from absl import flags
+
+    with flag_errors():
+        return (flag_values or flags.FLAGS)(argv)
+
+
+@contextlib.contextmanager
+def flag_errors():
+    """One line and exit 2 for what defining or parsing flags raises on bad input."""
     from absl import flags
 
     try:
-        return flags.FLAGS(argv)
+        yield
     except flags.Error as e:
         fail(str(e))
-    except AttributeError as e:  # ml_collections: an unknown config key, with its "Did you mean"
+    except (AttributeError, KeyError) as e:  # ml_collections: an unknown config key, with its "Did you mean"
         text = str(e).strip("'\"").replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
         fail(f"unknown config key {text}")
     except (OSError, SyntaxError, ImportError) as e:  # the config file itself
         fail(str(e))
 
 
-def define_distributed_flags() -> None:
+def loaded_config(config):
+    """The value of a --config flag, or one line when its file did not load (ml_collections
+    reports that only when the config is first used)."""
+    with flag_errors():
+        config.keys()
+    return config
+
+
+def define_distributed_flags(flag_values=None) -> None:
     """--distributed and the explicit values of JAX's multi-process runtime; the values
     default to the environment variables `hfcjax.launch` (or a job script) sets."""
     from absl import flags
 
-    env = os.environ.get
+    env, fv = os.environ.get, flag_values or flags.FLAGS
     flags.DEFINE_bool("distributed", False, "Start JAX's multi-process runtime first (several hosts, or one process "
-                      "per accelerator). Without the three values below JAX detects TPU pods, SLURM, GKE, Open MPI.")
+                      "per accelerator). Without the three values below JAX detects TPU pods, SLURM, GKE, Open MPI.",
+                      flag_values=fv)
     flags.DEFINE_string("coordinator_address", env("JAX_COORDINATOR_ADDRESS"), "host:port of process 0's coordinator "
-                        "($JAX_COORDINATOR_ADDRESS).")
+                        "($JAX_COORDINATOR_ADDRESS).", flag_values=fv)
     flags.DEFINE_integer("num_processes", int(env("JAX_NUM_PROCESSES", 0)) or None,
-                         "Processes in the job ($JAX_NUM_PROCESSES).")
+                         "Processes in the job ($JAX_NUM_PROCESSES).", flag_values=fv)
     flags.DEFINE_integer("process_id", int(env("JAX_PROCESS_ID")) if env("JAX_PROCESS_ID") else None,
-                         "This process's index, 0 .. num_processes - 1 ($JAX_PROCESS_ID).")
+                         "This process's index, 0 .. num_processes - 1 ($JAX_PROCESS_ID).", flag_values=fv)
     flags.DEFINE_integer("heartbeat_timeout", int(env("HFCJAX_HEARTBEAT_TIMEOUT", 100)),
-                         "Seconds without a heartbeat after which a process counts as dead and the job stops.")
+                         "Seconds without a heartbeat after which a process counts as dead and the job stops.",
+                         flag_values=fv)
 
 
-def start_distributed() -> None:
+def start_distributed(flag_values=None) -> None:
     """Starts the multi-process runtime when --distributed was given (after flag parsing)."""
     from absl import flags
 
-    F = flags.FLAGS
+    F = flag_values or flags.FLAGS
     if not F.distributed:
         return
     explicit = (F.coordinator_address, F.num_processes, F.process_id)

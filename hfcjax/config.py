@@ -2,7 +2,7 @@
 evaluation, its meaning, its default, its allowed values and its validation.
 
 Config files in ``configs/`` start from `default()` and change what their experiment
-needs. `validate` (training) and `validate_eval` (evaluation) reject bad values with one
+needs. `validate` (training) and `validate_evaluation` (evaluation) reject bad values with one
 line naming the key and what is allowed, before any work. Allowed values of keys that
 name something in a registry (datasets, models, split rescaling) are read from the
 registry's owner, so each list is defined once.
@@ -15,7 +15,8 @@ from typing import Sequence
 
 import ml_collections
 
-from hfcjax import data, frequency, models
+from hfcjax import data, evaluators, frequency, models
+from hfcjax.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adagrad", "adadelta", "rmsprop")
 COMPONENTS = ("original", "low", "high")
@@ -26,6 +27,7 @@ RECALIBRATE_BN = ("auto", "yes", "no")
 # where the same data is read from, and the evaluation batch, which only splits integer counts.)
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "keep_checkpoints", "eval_batch_size", "data_dir",
                      "data_source")
+RESUMABLE_SECTIONS = ("evaluation.", "evals.")  # evaluation settings never change a trained epoch
 
 
 def default() -> ml_collections.ConfigDict:
@@ -69,7 +71,15 @@ def default() -> ml_collections.ConfigDict:
     # Logging and checkpoints.
     c.log_every_steps = 50
     c.keep_checkpoints = 3  # the last N epochs are kept, plus the best by test accuracy
+    # Evaluation (`hfcjax.evaluate`): what every analysis shares, and one section per analysis.
+    c.evaluation = evaluation_default()
+    c.evals = evaluators.default_config()
     return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """`default()`, for ``--config`` flags that load this module as a config file."""
+    return default()
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -88,32 +98,46 @@ def result_changes(saved: dict, new: ml_collections.ConfigDict, allowed=()) -> l
     old, cur = _flat(dict(saved)), _flat(new.to_dict())
     skip = set(RESUMABLE_CHANGES) | set(allowed)
     return [f"{k}: {old[k]!r} -> {cur[k]!r}" for k in sorted(old.keys() & cur.keys())
-            if k not in skip and old[k] != cur[k]]
+            if k not in skip and not k.startswith(RESUMABLE_SECTIONS) and old[k] != cur[k]]
 
 
-def eval_default() -> ml_collections.ConfigDict:
-    """Settings of `hfcjax.evaluate` (Section 6: Table 2, Figures 2 and 7), one key per flag."""
+def evaluation_default() -> ml_collections.ConfigDict:
+    """``config.evaluation``: what every evaluator of `hfcjax.evaluate` shares (the model
+    variants of Table 2, the images, batches and seed); each analysis has its own section
+    in ``config.evals`` (`hfcjax.evaluators`)."""
     e = ml_collections.ConfigDict()
     e.rhos = (0.0, 0.1, 0.25, 0.5, 1.0)  # smoothing strengths of Eq. 3 (>= 0); 0 = the trained kernels
-    e.eps = (0.03, 0.06, 0.09)  # L-inf budgets, pixels in [0, 1]
-    e.num_examples = 0  # the first N test images (0 = all)
-    e.batch_size = 200  # images per compiled attack call (rounded up to a multiple of the devices)
-    e.pgd_steps = 20  # PGD steps at every eps; the strong PGD uses twice as many
-    e.pgd_step_fraction = 0.125  # PGD step size as a fraction of eps (eps / 8)
-    e.strong_restarts = 3  # random restarts of the strong PGD at the largest eps
-    e.square_queries = 300  # queries of the gradient-free Square attack at the largest eps (0 = off)
     e.layers = (rf"^{models.FIRST_CONV}/kernel$",)  # regexes on parameter paths of the kernels to smooth
     e.recalibrate_bn = "auto"  # auto | yes | no: also rows with BatchNorm statistics re-estimated
     e.recalibrate_examples = 2000  # training images used to re-estimate BatchNorm statistics
-    e.epoch = "latest"  # checkpoint to evaluate: latest, best or an epoch number
-    e.svd_ranks = (4, 8, 12, 16)  # ranks of Section 8's SVD split in the frequency report
-    # Beyond the paper.
-    e.heatmap_eps = 0.0  # > 0: Fourier heat map (Yin et al. 2019) at this L2 norm for every rho (0 = off)
-    e.band_radius = 0.0  # > 0: also PGD confined to the LFC / HFC of this radius at every eps (0 = off)
-    e.spectra = True  # radial spectra of the successful perturbations of every attack
-    e.apgd_steps = 0  # > 0: APGD-CE and APGD-DLR (Croce & Hein 2020) with this many steps at the largest eps
-    e.seed = 0  # seed of the random attacks (random starts, Square)
+    e.num_examples = 0  # the first N test images (0 = all)
+    e.batch_size = 200  # images per compiled call (rounded up to a multiple of the devices)
+    e.seed = 0  # seed of the random attacks (random starts, Square) and heat maps
     e.data_dir = ""  # '' = the data directory saved in the run's config
+    return e
+
+
+def evaluation_config(base: ml_collections.ConfigDict | None = None, **sections) -> ml_collections.ConfigDict:
+    """The evaluation part of a config (``evaluation`` and ``evals``) of `base` (a whole
+    config; default: `default()`), with `sections` overriding keys by section, e.g.
+    ``evaluation_config(evaluation={"rhos": (0.0,)}, heatmap={"enabled": True})``; validated."""
+    base = base if base is not None else default()
+    e = ml_collections.ConfigDict()
+    e.evaluation = evaluation_default()
+    e.evaluation.update(base.get("evaluation", {}))
+    e.evals = evaluators.default_config()
+    for name in e.evals.keys():
+        e.evals[name].update(base.get("evals", {}).get(name, {}))
+    for name, values in sections.items():
+        target = e.evaluation if name == "evaluation" else e.evals.get(name)
+        if target is None:
+            raise UserError(f"unknown evaluation section {name!r}; known: {['evaluation', *e.evals.keys()]}.")
+        for key, value in values.items():
+            if key not in target:
+                raise UserError(f"unknown key {key!r} of config.{'' if name == 'evaluation' else 'evals.'}{name}; "
+                                 f"known: {sorted(target.keys())}.")
+            target[key] = tuple(value) if isinstance(value, list) else value
+    validate_evaluation(e)
     return e
 
 
@@ -121,23 +145,23 @@ def eval_default() -> ml_collections.ConfigDict:
 
 
 def _fail(key: str, message: str):
-    raise ValueError(f"config.{key} {message}")
+    raise UserError(f"config.{key} {message}")
 
 
-def _one_of(config, key: str, allowed: Sequence[str]) -> None:
+def _one_of(config, key: str, allowed: Sequence[str], prefix: str = "") -> None:
     if config[key] not in allowed:
-        _fail(key, f"{config[key]!r} is unknown; choose one of {tuple(sorted(allowed))}.")
+        _fail(prefix + key, f"{config[key]!r} is unknown; choose one of {tuple(sorted(allowed))}.")
 
 
-def _int_at_least(config, key: str, low: int, what: str) -> None:
+def _int_at_least(config, key: str, low: int, what: str, prefix: str = "") -> None:
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        _fail(key, f"must be {what}, got {value!r}.")
+        _fail(prefix + key, f"must be {what}, got {value!r}.")
 
 
 def _radius(key: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"config.{key}: radii must be >= 0 and finite, got {value!r}.")
+        raise UserError(f"config.{key}: radii must be >= 0 and finite, got {value!r}.")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -169,47 +193,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
     adv = config.adversarial
     if adv.enabled and not (0 <= adv.eps <= 1 and adv.step_size > 0 and adv.steps > 0):
         _fail("adversarial", "needs 0 <= eps <= 1, step_size > 0 and steps > 0.")
+    if "evals" in config or "evaluation" in config:
+        validate_evaluation(config)
 
 
-def validate_eval(e: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first bad evaluation setting and what is allowed."""
-    eps, rhos = list(e.eps), list(e.rhos)
-    if not eps or any(not 0 <= v <= 1 for v in eps):
-        raise ValueError(f"eps values must lie in [0.0, 1.0] (pixels are in [0, 1]), got {eps}.")
-    if not rhos or any(not (math.isfinite(r) and r >= 0) for r in rhos):
-        raise ValueError(f"rho values must be finite and >= 0, got {rhos}.")
-    for key, low in (("pgd_steps", 1), ("strong_restarts", 1), ("batch_size", 1), ("square_queries", 0),
-                     ("num_examples", 0), ("recalibrate_examples", 1), ("seed", 0), ("apgd_steps", 0)):
-        _int_at_least(e, key, low, f"an integer >= {low}")
-    for key in ("heatmap_eps", "band_radius"):
-        if not (math.isfinite(e[key]) and e[key] >= 0):
-            _fail(key, f"must be a finite number >= 0 (0 = off), got {e[key]!r}.")
-    if not 0 < e.pgd_step_fraction <= 1:
-        _fail("pgd_step_fraction", f"must be in (0, 1], got {e.pgd_step_fraction!r}.")
-    _one_of(e, "recalibrate_bn", RECALIBRATE_BN)
+def validate_evaluation(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad key of ``config.evaluation`` or ``config.evals``."""
+    for name, section, defaults in (("evaluation", config.get("evaluation"), evaluation_default()),
+                                    ("evals", config.get("evals"), None)):
+        if section is None:
+            _fail(name, "is missing; start the config from hfcjax.config.default().")
+        if defaults is not None and set(section.keys()) != set(defaults.keys()):
+            _fail(name, f"must have exactly the keys {sorted(defaults.keys())}, got {sorted(section.keys())}.")
+    e = config.evaluation
+    rhos = list(e.rhos)
+    if not rhos or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not (math.isfinite(r) and r >= 0)
+                       for r in rhos):
+        _fail("evaluation.rhos", f"must be finite numbers >= 0, got {rhos}.")
+    for key, low in (("batch_size", 1), ("num_examples", 0), ("recalibrate_examples", 1), ("seed", 0)):
+        _int_at_least(e, key, low, f"an integer >= {low}", "evaluation.")
+    _one_of(e, "recalibrate_bn", RECALIBRATE_BN, "evaluation.")
     if not list(e.layers):
-        _fail("layers", "needs at least one regex on parameter paths, e.g. '^stem/kernel$'.")
-    if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in e.svd_ranks):
-        _fail("svd_ranks", f"must be integers >= 0, got {list(e.svd_ranks)}.")
-    if str(e.epoch) not in ("latest", "best") and not str(e.epoch).isdigit():
-        _fail("epoch", f"must be latest, best or an epoch number, got {e.epoch!r}.")
+        _fail("evaluation.layers", "needs at least one regex on parameter paths, e.g. '^stem/kernel$'.")
+    evaluators.validate(config.evals)
 
 
-def eval_config(**overrides) -> ml_collections.ConfigDict:
-    """`eval_default()` with keyword overrides (unknown keys are refused), validated."""
-    e = eval_default()
-    unknown = set(overrides) - set(e.keys())
-    if unknown:
-        raise ValueError(f"unknown evaluation settings {sorted(unknown)}; known: {sorted(e.keys())}.")
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key == "recalibrate_bn" and isinstance(value, bool):
-            value = "yes" if value else "no"
-        elif key == "epoch":
-            value = str(value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        e[key] = value
-    validate_eval(e)
-    return e

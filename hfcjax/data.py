@@ -15,23 +15,19 @@ sees exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
-import pickle
 from pathlib import Path
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hfcjax import download
+from hfcjax import download, formats
+from hfcjax.formats import DataError  # noqa: F401 - the error of this module, raised by the readers too
+from hfcjax.errors import UserError
 
 SPLITS = ("train", "test")
 SYSTEM_DIR = Path("/usr/share/datasets")  # where Debian's dataset-* packages install
 SOURCES = ("auto", "files", "tfds")
-
-
-class DataError(RuntimeError):
-    """A dataset could not be found or read; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,84 +58,6 @@ class DatasetSpec:
     remote: Optional[Remote] = None
 
 
-# --------------------------------------------------------------------------- readers
-
-
-def _unreadable(path: Path) -> str:
-    return (f"cannot read {path}: permission denied. Make it readable for this user (e.g. chmod a+r) or point "
-            "HFCJAX_DATA_DIR at a copy you can read.")
-
-
-def _read_cifar10(folder: Path, split: str, spec: DatasetSpec):
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    images, labels = [], []
-    for name in names:
-        path = folder / name
-        if not path.is_file():
-            raise DataError(f"CIFAR-10 file {path} is missing. {spec.how_to_get}")
-        try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
-            batch_labels = np.asarray(batch[b"labels"], dtype=np.int32)
-        except PermissionError:
-            raise DataError(_unreadable(path)) from None
-        except Exception as e:  # truncated pickle, wrong keys, ...
-            raise DataError(
-                f"CIFAR-10 file {path} is corrupt or not a CIFAR-10 python pickle ({type(e).__name__}: {e}). "
-                f"Download it again. {spec.how_to_get}"
-            ) from None
-        if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != batch_labels.shape[0]:
-            raise DataError(
-                f"CIFAR-10 file {path} holds data of shape {data.shape} and {batch_labels.shape[0]} labels; "
-                "expected [N, 3072] and N labels. Download it again."
-            )
-        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(batch_labels)
-    return np.concatenate(images), np.concatenate(labels)
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    """Reads an IDX file (gzipped or plain), checking its header against its size."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except PermissionError:
-        raise DataError(_unreadable(path)) from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"IDX file {path} is corrupt or truncated ({e}). Download it again.") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number). Download it again.")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise DataError(
-            f"IDX file {path} is truncated or corrupt: header says {dims} ({expected} bytes), "
-            f"file has {len(raw)} bytes. Download it again."
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _read_mnist_like(folder: Path, split: str, spec: DatasetSpec):
-    prefix = "train" if split == "train" else "t10k"
-
-    def find(kind: str) -> Path:
-        for suffix in (".gz", ""):
-            path = folder / f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte{suffix}"
-            if path.is_file():
-                return path
-        raise DataError(f"{spec.name}: no {prefix} {kind} IDX file in {folder}. {spec.how_to_get}")
-
-    images = _read_idx(find("images"))
-    labels = _read_idx(find("labels")).astype(np.int32)
-    if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-        raise DataError(f"{spec.name} in {folder}: {images.shape[0]} images but {labels.shape[0]} labels.")
-    return images[..., None], labels
-
-
 def _idx_files(archive_sha256: Dict[str, str], content_sha256: Optional[Dict[str, str]] = None):
     content_sha256 = content_sha256 or {}
     return tuple((name, (download.Check(sha),) + ((download.Check(content_sha256[name], gunzip=True),)
@@ -149,7 +67,7 @@ def _idx_files(archive_sha256: Dict[str, str], content_sha256: Optional[Dict[str
 
 DATASETS: Dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec(
-        "cifar10", "cifar-10-batches-py", (32, 32, 3), 10, _read_cifar10, "cifar10", "*_batch*",
+        "cifar10", "cifar-10-batches-py", (32, 32, 3), 10, formats.read_cifar10, "cifar10", "*_batch*",
         "Get 'CIFAR-10 python version' (cifar-10-python.tar.gz) from the CIFAR-10 website, unpack it so that "
         "DIR/cifar-10-batches-py/data_batch_1 exists, and set HFCJAX_DATA_DIR=DIR (or pass data_dir).",
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -158,7 +76,7 @@ DATASETS: Dict[str, DatasetSpec] = {
             archive_root="cifar-10-batches-py"),
     ),
     "mnist": DatasetSpec(
-        "mnist", "mnist", (28, 28, 1), 10, _read_mnist_like, "mnist", "*-ubyte*",
+        "mnist", "mnist", (28, 28, 1), 10, formats.read_mnist_like, "mnist", "*-ubyte*",
         "Put the four MNIST IDX files (train-images-idx3-ubyte.gz ...) in DIR/mnist/ and set "
         "HFCJAX_DATA_DIR=DIR, or install Debian's dataset-mnist package.",
         tuple(str(i) for i in range(10)),
@@ -170,7 +88,7 @@ DATASETS: Dict[str, DatasetSpec] = {
             mirror_folder="mnist/"),
     ),
     "fashion_mnist": DatasetSpec(
-        "fashion_mnist", "fashion-mnist", (28, 28, 1), 10, _read_mnist_like, "fashion_mnist", "*-ubyte*",
+        "fashion_mnist", "fashion-mnist", (28, 28, 1), 10, formats.read_mnist_like, "fashion_mnist", "*-ubyte*",
         "Put the four Fashion-MNIST IDX files (train-images-idx3-ubyte.gz ...) in DIR/fashion-mnist/ and set "
         "HFCJAX_DATA_DIR=DIR, or `apt-get install dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist).",
         ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"),
@@ -192,7 +110,7 @@ DATASETS: Dict[str, DatasetSpec] = {
 def get_spec(name: str) -> DatasetSpec:
     """The DatasetSpec of `name`, or a clear error listing the known datasets."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
+        raise UserError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
     return DATASETS[name]
 
 
@@ -286,9 +204,9 @@ def load(name: str, split: str, *, source: str = "auto", data_dir: Optional[str]
     """
     spec = get_spec(name)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}.")
+        raise UserError(f"unknown split {split!r}; choose one of {SPLITS}.")
     if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}.")
+        raise UserError(f"unknown source {source!r}; choose one of {SOURCES}.")
     folder = locate(name, data_dir, download=source == "auto") if source in ("auto", "files") else None
     if folder is not None:
         images, labels = spec.read(folder, split, spec)
@@ -333,7 +251,7 @@ def batches(
     `drop_remainder` the last batch is padded with copies of row 0 and `mask` is 0 there.
     """
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        raise UserError(f"batch_size must be positive, got {batch_size}.")
     n = len(images)
     order = epoch_order(n, seed, epoch, shuffle)
     for step in range(start_step, steps_per_epoch(n, batch_size, drop_remainder)):
@@ -350,5 +268,5 @@ def subset(images: np.ndarray, labels: np.ndarray, size: Optional[int]):
     if size is None or size <= 0:
         return images, labels
     if size > len(images):
-        raise ValueError(f"subset size {size} is larger than the split ({len(images)} examples).")
+        raise UserError(f"subset size {size} is larger than the split ({len(images)} examples).")
     return images[:size], labels[:size]

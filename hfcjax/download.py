@@ -23,11 +23,14 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
+from hfcjax import hashing
+from hfcjax.errors import UserError
+
 URL_VARIABLE = "HFCJAX_DATA_URL"
 TIMEOUT_S = 30
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """A download failed or was corrupt; the message is one line saying which and why."""
 
 
@@ -44,20 +47,13 @@ class Check:
             return raw_sha256 == self.sha256
         try:
             with gzip.open(path, "rb") as f:
-                return _sha256(f) == self.sha256
+                return hashing.stream_sha256(f) == self.sha256
         except (OSError, EOFError):  # truncated or not gzip at all
             return False
 
 
 def base_url(default: str) -> str:
     return os.environ.get(URL_VARIABLE, "").rstrip("/") or default
-
-
-def _sha256(f) -> str:
-    h = hashlib.sha256()
-    while chunk := f.read(1 << 20):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch(url: str, dest: Path, checks: Sequence[Check], log: Callable[[str], None] = print) -> Path:

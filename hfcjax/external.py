@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hfcjax.errors import UserError
+
 LAYOUTS = ("NHWC", "NCHW")
 PAPER_RADII = (4.0, 8.0, 12.0, 16.0)  # for 32 x 32 images
 
@@ -32,16 +34,16 @@ class Preprocess:
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
-            raise ValueError(f"--layout {self.layout!r} is unknown; choose one of {LAYOUTS} (the model's input layout).")
+            raise UserError(f"--layout {self.layout!r} is unknown; choose one of {LAYOUTS} (the model's input layout).")
         if (self.mean is None) != (self.std is None):
-            raise ValueError("give --mean and --std together (one value per channel each).")
+            raise UserError("give --mean and --std together (one value per channel each).")
         if self.std is not None and any(not s > 0 for s in self.std):
-            raise ValueError(f"--std values must be > 0, got {list(self.std)}.")
+            raise UserError(f"--std values must be > 0, got {list(self.std)}.")
 
     def check(self, channels: int) -> None:
         for name, values in (("mean", self.mean), ("std", self.std)):
             if values is not None and len(values) not in (1, channels):
-                raise ValueError(f"--{name} has {len(values)} values but the images have {channels} channels.")
+                raise UserError(f"--{name} has {len(values)} values but the images have {channels} channels.")
 
     def __call__(self, x):
         if self.mean is not None:
@@ -53,19 +55,19 @@ def load_factory(spec: str) -> Any:
     """Imports `module:factory` and returns what factory() returns."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"--model must look like package.module:factory, got {spec!r}.")
+        raise UserError(f"--model must look like package.module:factory, got {spec!r}.")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - anything the user's module raises on import
-        raise ValueError(f"--model {spec}: cannot import {module_name} ({type(e).__name__}: {e}); is it on "
+        raise UserError(f"--model {spec}: cannot import {module_name} ({type(e).__name__}: {e}); is it on "
                          "PYTHONPATH?") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ValueError(f"--model {spec}: {module_name} has no callable {attr!r}.")
+        raise UserError(f"--model {spec}: {module_name} has no callable {attr!r}.")
     try:
         return factory()
     except Exception as e:  # noqa: BLE001
-        raise ValueError(f"--model {spec}: calling {attr}() failed ({type(e).__name__}: {e}).") from None
+        raise UserError(f"--model {spec}: calling {attr}() failed ({type(e).__name__}: {e}).") from None
 
 
 def apply_fn_of(model: Any, variables: Optional[Dict] = None, preprocess: Optional[Preprocess] = None
@@ -77,11 +79,11 @@ def apply_fn_of(model: Any, variables: Optional[Dict] = None, preprocess: Option
         model, variables = model
     if hasattr(model, "apply") and hasattr(model, "init"):
         if variables is None:
-            raise ValueError("a Flax module needs its variables: return (module, variables) from the factory.")
+            raise UserError("a Flax module needs its variables: return (module, variables) from the factory.")
         return (lambda v, x: model.apply(v, preprocess(x))), dict(variables)
     if callable(model):
         return (lambda v, x: model(preprocess(x))), {}
-    raise ValueError(f"the model must be a logits_fn(images) or a (flax module, variables) pair, got "
+    raise UserError(f"the model must be a logits_fn(images) or a (flax module, variables) pair, got "
                      f"{type(model).__name__}.")
 
 
@@ -91,10 +93,10 @@ def num_classes(apply_fn: Callable, variables: Dict, image_shape: Sequence[int],
         out = jax.eval_shape(lambda x: apply_fn(variables, x), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
     except Exception as e:  # noqa: BLE001 - whatever the user's model raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"the model does not accept images of shape [N, {', '.join(map(str, image_shape))}] "
+        raise UserError(f"the model does not accept images of shape [N, {', '.join(map(str, image_shape))}] "
                          f"(given to it as {layout}): {type(e).__name__}: {first[:300]}") from None
     if len(out.shape) != 2 or out.shape[0] != 1 or out.shape[1] < 2:
-        raise ValueError(f"the model must return logits [N, classes] with classes >= 2, got shape {out.shape}.")
+        raise UserError(f"the model must return logits [N, classes] with classes >= 2, got shape {out.shape}.")
     return int(out.shape[1])
 
 
@@ -105,32 +107,32 @@ def load_images(path: str) -> Tuple[np.ndarray, np.ndarray]:
         with np.load(path) as f:
             missing = [k for k in ("images", "labels") if k not in f]
             if missing:
-                raise ValueError(f"--data {path} has no {' and no '.join(missing)} array (it has {list(f.keys())}).")
+                raise UserError(f"--data {path} has no {' and no '.join(missing)} array (it has {list(f.keys())}).")
             images, labels = f["images"], f["labels"]
     except (OSError, EOFError) as e:
-        raise ValueError(f"--data {path} cannot be read as .npz ({e}).") from None
+        raise UserError(f"--data {path} cannot be read as .npz ({e}).") from None
     if images.ndim != 4:
-        raise ValueError(f"--data images must be [N, H, W, C], got shape {images.shape}.")
+        raise UserError(f"--data images must be [N, H, W, C], got shape {images.shape}.")
     if images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
-        raise ValueError(f"--data images look channels-first {images.shape}; store them as [N, H, W, C] "
+        raise UserError(f"--data images look channels-first {images.shape}; store them as [N, H, W, C] "
                          "(np.transpose(x, (0, 2, 3, 1))). --layout is the model's input layout, not the data's.")
     if images.dtype != np.uint8:
         if not np.issubdtype(images.dtype, np.floating):
-            raise ValueError(f"--data images must be uint8 or floats in [0, 1], got dtype {images.dtype}.")
+            raise UserError(f"--data images must be uint8 or floats in [0, 1], got dtype {images.dtype}.")
         if images.size and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 1):
-            raise ValueError(f"--data float images must lie in [0, 1], got values from {images.min():g} to "
+            raise UserError(f"--data float images must lie in [0, 1], got values from {images.min():g} to "
                              f"{images.max():g}; pass uint8 pixels or divide by 255.")
         images = images.astype(np.float32)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"--data labels must be integers [N], got dtype {labels.dtype} shape {labels.shape}.")
+        raise UserError(f"--data labels must be integers [N], got dtype {labels.dtype} shape {labels.shape}.")
     if len(labels) != len(images):
-        raise ValueError(f"--data has {len(images)} images but {len(labels)} labels.")
+        raise UserError(f"--data has {len(images)} images but {len(labels)} labels.")
     return images, labels.astype(np.int32)
 
 
 def check_labels(labels: np.ndarray, classes: int) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs; got values from "
+        raise UserError(f"labels must lie in [0, {classes}) for a model with {classes} outputs; got values from "
                          f"{labels.min()} to {labels.max()}.")
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hfcjax import backend
+from hfcjax.errors import UserError
 
 RESCALE_MODES = ("none", "max", "minmax")
 _Tracer = getattr(jax.core, "Tracer", None) or jax._src.core.Tracer  # noqa: SLF001 (public alias moved)
@@ -40,19 +41,19 @@ def _check_radius(radius) -> None:
         return
     value = np.asarray(radius)
     if value.size and (not np.all(np.isfinite(value)) or np.any(value < 0)):
-        raise ValueError(f"radius must be a finite number >= 0, got {radius!r}.")
+        raise UserError(f"radius must be a finite number >= 0, got {radius!r}.")
 
 
 def _check_images(images, what: str = "images") -> jnp.ndarray:
     """Validates `[..., H, W, C]` real images and returns them as a float array."""
     images = jnp.asarray(images)
     if images.ndim < 3:
-        raise ValueError(
+        raise UserError(
             f"{what} must be channels-last [..., H, W, C] with at least 3 dims, "
             f"got shape {images.shape}. Add a channel axis for grey images (x[..., None])."
         )
     if jnp.issubdtype(images.dtype, jnp.complexfloating) or images.dtype == jnp.bool_:
-        raise TypeError(f"{what} must be real numbers (uint8 or float), got dtype {images.dtype}.")
+        raise UserError(f"{what} must be real numbers (uint8 or float), got dtype {images.dtype}.")
     if not jnp.issubdtype(images.dtype, jnp.floating):
         images = images.astype(jnp.float32)
     return images
@@ -182,7 +183,7 @@ def split(images, radius, *, inclusive: bool = True, method: str = "auto") -> Tu
     _check_radius(radius)
     images = _check_images(images)
     if method not in SPLIT_METHODS:
-        raise ValueError(f"unknown split method {method!r}; choose one of {SPLIT_METHODS}.")
+        raise UserError(f"unknown split method {method!r}; choose one of {SPLIT_METHODS}.")
     if method == "auto":
         method = "fft" if is_traced(radius) else "matmul"
     low_pass = _low_pass_rfft if method == "fft" else _low_pass_matmul
@@ -212,7 +213,7 @@ def rescale(images, mode: str) -> jnp.ndarray:
     image to [0, 1], ``"none"`` returns the images unchanged. Constant images map to 0.
     """
     if mode not in RESCALE_MODES:
-        raise ValueError(f"unknown rescale mode {mode!r}; choose one of {RESCALE_MODES}.")
+        raise UserError(f"unknown rescale mode {mode!r}; choose one of {RESCALE_MODES}.")
     images = _check_images(images)
     if mode == "none":
         return images
@@ -233,7 +234,7 @@ def svd_split(images, rank: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
     images = _check_images(images)
     max_rank = min(images.shape[-3], images.shape[-2])
     if not isinstance(rank, numbers.Integral) or not 0 <= rank <= max_rank:
-        raise ValueError(f"rank must be an integer in [0, {max_rank}], got {rank!r}.")
+        raise UserError(f"rank must be an integer in [0, {max_rank}], got {rank!r}.")
     mats = jnp.moveaxis(images, -1, -3)  # [..., C, H, W]
     u, s, vt = jnp.linalg.svd(mats, full_matrices=False)
     keep = (jnp.arange(s.shape[-1]) < rank).astype(s.dtype)

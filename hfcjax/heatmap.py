@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hfcjax import backend, frequency
+from hfcjax.errors import UserError
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,9 +59,9 @@ def basis_counts(logits_fn, images, labels, eps, basis_ids, *, key, mask=None, b
     the chunks scanned with `unroll` (default `backend.heatmap_unroll`). Rows with
     ``mask == 0`` do not count; `eps` may be traced."""
     if not frequency.is_traced(eps) and not (np.isfinite(eps) and eps >= 0):
-        raise ValueError(f"the heat map's eps (the L2 norm of each Fourier basis) must be finite and >= 0, got {eps!r}.")
+        raise UserError(f"the heat map's eps (the L2 norm of each Fourier basis) must be finite and >= 0, got {eps!r}.")
     if images.ndim != 4:
-        raise ValueError(f"images must be [N, H, W, C] floats in [0, 1], got shape {images.shape}.")
+        raise UserError(f"images must be [N, H, W, C] floats in [0, 1], got shape {images.shape}.")
     n, height, width, channels = images.shape
     reps = jnp.asarray(basis_frequencies(height, width)[0])
     mask = jnp.ones(n, jnp.float32) if mask is None else mask
@@ -88,7 +89,7 @@ def heatmap_counts(logits_fn, images, labels, eps, *, key, mask=None, basis_chun
     ``mask == 0`` do not count. `eps` may be traced. Sum over batches, divide by the number
     of images for accuracy."""
     if images.ndim != 4:
-        raise ValueError(f"images must be [N, H, W, C] floats in [0, 1], got shape {images.shape}.")
+        raise UserError(f"images must be [N, H, W, C] floats in [0, 1], got shape {images.shape}.")
     reps, cell_to_basis = basis_frequencies(*images.shape[1:3])
     ids = jnp.asarray(padded_ids(len(reps), basis_chunk))
     counts = basis_counts(logits_fn, images, labels, eps, ids, key=key, mask=mask, basis_chunk=basis_chunk)

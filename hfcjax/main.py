@@ -26,7 +26,7 @@ def main(argv):
     from hfcjax import train
 
     with cli.clear_errors():
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.allow_config_change)
+        train.train_and_evaluate(cli.loaded_config(FLAGS.config), FLAGS.workdir, FLAGS.allow_config_change)
 
 
 def entry():

@@ -24,6 +24,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from hfcjax.errors import UserError
+
 FIRST_CONV = "stem"
 BN_MOMENTUM = 0.9  # running = BN_MOMENTUM * running + (1 - BN_MOMENTUM) * batch
 xavier = nn.initializers.xavier_uniform()
@@ -248,15 +250,15 @@ OPTIONS = ("batch_norm", "dropout_rate", "dtype", "imagenet_stem", "n", "symmetr
 def create_model(name: str, num_classes: int, **options) -> nn.Module:
     """Builds model `name` with `num_classes` outputs; options: batch_norm, dropout_rate, dtype."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.")
+        raise UserError(f"unknown model {name!r}; choose one of {sorted(MODELS)}.")
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+        raise UserError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
     unknown = set(options) - set(OPTIONS)
     if unknown:
-        raise ValueError(f"unknown model options {sorted(unknown)}; known: {OPTIONS}.")
+        raise UserError(f"unknown model options {sorted(unknown)}; known: {OPTIONS}.")
     rate = options.get("dropout_rate", 0.0)
     if not 0.0 <= rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {rate}.")
+        raise UserError(f"dropout_rate must be in [0, 1), got {rate}.")
     if isinstance(options.get("dtype"), str):
         options["dtype"] = jnp.dtype(options["dtype"])
     return MODELS[name](num_classes=num_classes, **options)

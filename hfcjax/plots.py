@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hfcjax import data, frequency, measure, reports  # noqa: E402
+from hfcjax.errors import UserError
 
 
 def _save(fig, path) -> str:
@@ -78,7 +79,7 @@ def training_curves(records: Sequence[Dict], radii: Sequence[float], path, title
     """Figure-3/5-style panels: accuracy along epochs of train/test on the original images
     and on their LFC and HFC at every radius in `radii` (metrics.jsonl records)."""
     if not records:
-        raise ValueError("no metrics to plot: metrics.jsonl is empty.")
+        raise UserError("no metrics to plot: metrics.jsonl is empty.")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, split in zip(axes, measure.SPLITS):
         _accuracy_lines(ax, records, split, radii, f"{split} (original)")
@@ -124,7 +125,7 @@ def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, cl
     """
     n = len(images)
     if n == 0:
-        raise ValueError("no examples to draw")
+        raise UserError("no examples to draw")
     fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n), squeeze=False)
     name = (lambda k: class_names[k]) if class_names else str
     for i in range(n):
@@ -189,9 +190,9 @@ def heatmaps(maps: Dict[str, np.ndarray], path, eps: Optional[float] = None, rad
     return _save(fig, path)
 
 
-def perturbation_spectra(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
+def perturbation_spectra(rows: Sequence[Dict], path) -> str:
     """Mean radial power spectrum of the successful perturbations (x_adv - x) of each attack
-    at the largest eps, one line per row (rho), log scale."""
+    at its largest eps, one line per row (rho), log scale."""
     attacks = [a for a in rows[0]["spectra"]]
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.0 * len(attacks), 3.0), sharey=True, squeeze=False)
     colours = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
@@ -202,7 +203,7 @@ def perturbation_spectra(rows: Sequence[Dict], eps: Sequence[float], path) -> st
                 spectrum = spectrum[-1]  # one spectrum per eps: the largest
             if spectrum:
                 ax.semilogy(np.arange(len(spectrum)), np.maximum(spectrum, 1e-12), color=c, label=row["name"])
-        ax.set_title(f"{attack} (eps={eps[-1]:g})", fontsize=8)
+        ax.set_title(f"{attack} (largest eps)", fontsize=8)
         ax.set_xlabel("radius (frequency)", fontsize=7)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("mean power of successful perturbations", fontsize=7)
@@ -252,8 +253,8 @@ def main(argv=None):
     flags.DEFINE_list("radii", ["4", "8", "12", "16"], "Comma-separated radii.", flag_values=fv)
     flags.DEFINE_integer("count", 4, "Number of images (rows).", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("out", None, "PNG file to write.", required=True, flag_values=fv)
+    cli.parse_flags([sys.argv[0], *(sys.argv[1:] if argv is None else argv)], fv)
     with cli.clear_errors():
-        fv([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
         radii = cli.floats(fv.radii, "radii")
         images, labels = data.load(fv.dataset, "test")
         path = split_examples(images[: fv.count], radii, fv.out, labels=labels[: fv.count],

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -22,6 +21,9 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from hfcjax import hashing
+from hfcjax.errors import UserError
+
 Row = Mapping[str, Any]
 
 
@@ -30,7 +32,11 @@ def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
     """Yields a temporary path beside `path`; renames it over `path` when the block ends
     without an exception (and removes it otherwise). Creates the parent folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder {path.parent} ({e.strerror or e}): choose a writable location.") \
+            from None
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
@@ -66,7 +72,7 @@ class PartialResults:
     def __init__(self, directory: Union[str, Path], fingerprint: Mapping[str, Any]):
         self.folder = Path(directory) / self.FOLDER
         text = json.dumps(fingerprint, sort_keys=True, default=str)
-        self.key = hashlib.sha256(text.encode()).hexdigest()[:16]
+        self.key = hashing.text_sha256(text)[:16]
         manifest = self.folder / "fingerprint.json"
         self.stale = manifest.exists() and json.loads(manifest.read_text()).get("key") != self.key
         if self.stale:
@@ -119,9 +125,11 @@ class Column:
 
 def field(name: str, markdown: Optional[str] = None, csv_name: Optional[str] = "", index: Optional[int] = None,
           fmt: Callable[[Any], str] = fmt3) -> Column:
-    """A column reading ``row[name]`` (or ``row[name][index]``); the CSV header defaults
-    to `name` and the Markdown header to `markdown` (None: not in Markdown)."""
-    get = (lambda r: r[name]) if index is None else (lambda r: r[name][index])
+    """A column reading ``row[name]`` or ``row.name`` for a dataclass row (or that value's
+    ``[index]``); the CSV header defaults to `name` and the Markdown header to `markdown`
+    (None: not in Markdown)."""
+    value = lambda r: getattr(r, name) if dataclasses.is_dataclass(r) else r[name]
+    get = value if index is None else (lambda r: value(r)[index])
     return Column(markdown, name if csv_name == "" else csv_name, get, fmt)
 
 

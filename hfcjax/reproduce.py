@@ -13,7 +13,8 @@ Experiments (runs are config overrides applied on top of --config):
   optimizers  SGD (momentum 0.9, lr 0.01), Adam 1e-4, AdaGrad 0.01, AdaDelta 1.0, RMSprop 1e-4
   archs       LeNet, AlexNet, VGG-11, ResNet-18
   table2      M_natural, M_adversarial (BatchNorm off, as the authors) and M_natural with
-              BatchNorm; each then goes through hfcjax.evaluate (rho grid, FGSM/PGD/Square)
+              BatchNorm; each then goes through hfcjax.evaluate with the config's
+              evaluation settings (e.g. --config.evaluation.num_examples=200)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import jax
 import ml_collections
 
 from hfcjax import config as config_lib, evaluate as evaluate_lib, measure, plots, reports, train
+from hfcjax.errors import UserError
 
 RADII = (4, 8, 12, 16)
 Run = Tuple[str, Dict]
@@ -68,12 +70,12 @@ def run_config(base: ml_collections.ConfigDict, overrides: Dict) -> ml_collectio
 
 def plan(experiment: str, base, only: Sequence[str] = ()) -> List[Tuple[str, ml_collections.ConfigDict]]:
     if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; choose one of {sorted(EXPERIMENTS)}.")
+        raise UserError(f"unknown experiment {experiment!r}; choose one of {sorted(EXPERIMENTS)}.")
     runs = EXPERIMENTS[experiment]
     names = [name for name, _ in runs]
     unknown = set(only) - set(names)
     if unknown:
-        raise ValueError(f"--only names {sorted(unknown)} are not runs of {experiment}; its runs: {names}.")
+        raise UserError(f"--only names {sorted(unknown)} are not runs of {experiment}; its runs: {names}.")
     configs = [(name, run_config(base, o)) for name, o in runs if not only or name in only]
     for _, config in configs:
         config_lib.validate(config)
@@ -95,9 +97,11 @@ def final_row(name: str, history: Sequence[Dict], radii) -> Dict:
 
 
 def reproduce(experiment: str, base: ml_collections.ConfigDict, workdir, *, only: Sequence[str] = (),
-              eval_options: Dict | None = None) -> Dict:
+              eval_sections: Dict | None = None) -> Dict:
     """Trains every run of `experiment` under workdir/<run>, then writes report.{md,json} and
-    the comparison figures; for evaluated experiments also each run's robustness grid."""
+    the comparison figures; for evaluated experiments also each run's evaluation (the
+    settings of `base`'s ``evaluation`` and ``evals``, `eval_sections` overriding them as in
+    `evaluate.evaluate`)."""
     workdir = Path(workdir)
     runs = plan(experiment, base, only)
     histories, rows, tables = {}, [], []
@@ -106,9 +110,8 @@ def reproduce(experiment: str, base: ml_collections.ConfigDict, workdir, *, only
         histories[name] = train.train_and_evaluate(config, str(workdir / name))
         rows.append(final_row(name, histories[name], config.track_radii))
         if experiment in EVALUATED:
-            result = evaluate_lib.evaluate(workdir / name, **(eval_options or {}))
-            tables.append(f"### {name}\n\n" + reports.render_markdown(result["rows"], evaluate_lib.columns_of(result))
-                          + "\n")
+            evaluation = evaluate_lib.evaluate(workdir / name, **(eval_sections or {}))
+            tables.append(f"### {name}\n\n" + evaluation.markdown("robustness") + "\n")
     if jax.process_index() != 0:  # one writer of the report in a multi-process job
         return {"rows": rows, "histories": histories}
     figures = []
@@ -134,7 +137,6 @@ def main():
     flags.DEFINE_string("workdir", None, "Folder for the experiment's runs and report.")
     flags.DEFINE_enum("experiment", None, sorted(EXPERIMENTS), "Which experiment of the paper.")
     flags.DEFINE_list("only", [], "Run only these runs of the experiment.")
-    flags.DEFINE_integer("eval_examples", 500, "Test images for the robustness grid (table2).")
     flags.mark_flags_as_required(["config", "workdir", "experiment"])
 
     from hfcjax import cli
@@ -146,8 +148,7 @@ def main():
         F = flags.FLAGS
         cli.start_distributed()
         with cli.clear_errors():
-            reproduce(F.experiment, F.config, F.workdir, only=F.only,
-                      eval_options={"num_examples": F.eval_examples})
+            reproduce(F.experiment, cli.loaded_config(F.config), F.workdir, only=F.only)
 
     app.run(run, flags_parser=cli.parse_flags)
 

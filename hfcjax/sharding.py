@@ -6,13 +6,15 @@ passes its own rows of the global batch to `global_batch`.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hfcjax import hashing
+from hfcjax.errors import UserError
 
 DATA_AXIS = "data"
 
@@ -33,7 +35,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     """The global batch must split evenly over devices and hosts."""
     if batch_size % mesh.size or batch_size % jax.process_count():
-        raise ValueError(
+        raise UserError(
             f"config.{what}={batch_size} must be divisible by the {mesh.size} devices "
             f"({jax.process_count()} hosts); choose a multiple of {mesh.size}."
         )
@@ -57,10 +59,7 @@ def global_batch(sharding: NamedSharding, *arrays: np.ndarray):
 
 def code_version() -> str:
     """sha256 of hfcjax's own source files: processes of one job must run the same code."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()
+    return hashing.files_sha256(sorted(Path(__file__).parent.rglob("*.py")))
 
 
 def check_same_everywhere(**values: str) -> None:
@@ -70,9 +69,9 @@ def check_same_everywhere(**values: str) -> None:
     if jax.process_count() == 1:
         return
     for name, value in values.items():
-        digest = np.frombuffer(hashlib.sha256(value.encode()).digest(), np.uint8)
+        digest = np.frombuffer(bytes.fromhex(hashing.text_sha256(value)), np.uint8)
         every = np.asarray(multihost_utils.process_allgather(digest))
         other = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
         if other:
-            raise ValueError(f"process(es) {other} were started with another {name} than process 0; start every "
+            raise UserError(f"process(es) {other} were started with another {name} than process 0; start every "
                              "process of the job with the same command, config and hfcjax version.")

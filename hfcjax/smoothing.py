@@ -17,6 +17,7 @@ from flax import traverse_util
 
 from hfcjax import frequency
 from hfcjax.models import FIRST_CONV
+from hfcjax.errors import UserError
 
 DEFAULT_LAYERS = (rf"^{FIRST_CONV}/kernel$",)
 
@@ -26,7 +27,7 @@ def _check_rho(rho) -> None:
     if not frequency.is_traced(rho):
         value = np.asarray(rho, np.float64)
         if not np.all(np.isfinite(value)) or np.any(value < 0):
-            raise ValueError(f"rho must be a finite number >= 0 (Eq. 3's smoothing strength), got {rho!r}.")
+            raise UserError(f"rho must be a finite number >= 0 (Eq. 3's smoothing strength), got {rho!r}.")
 
 
 def _patterns(layers) -> Sequence[str]:
@@ -40,7 +41,7 @@ def smooth_kernel(kernel, rho):
     _check_rho(rho)
     kernel = jnp.asarray(kernel)
     if kernel.ndim != 4:
-        raise ValueError(f"smooth_kernel expects an HWIO kernel (4 dims), got shape {kernel.shape}.")
+        raise UserError(f"smooth_kernel expects an HWIO kernel (4 dims), got shape {kernel.shape}.")
     h, w = kernel.shape[:2]
     padded = jnp.pad(kernel, ((1, 1), (1, 1), (0, 0), (0, 0)), mode="edge")
     neighbours = sum(padded[1 + di: 1 + di + h, 1 + dj: 1 + dj + w]
@@ -59,12 +60,15 @@ def selected_paths(params, layers: Sequence[str] = DEFAULT_LAYERS) -> List[Tuple
     model's kernels when none does."""
     layers = _patterns(layers)
     flat = traverse_util.flatten_dict(_unfreeze(params))
-    patterns = [re.compile(p) for p in layers]
+    try:
+        patterns = [re.compile(p) for p in layers]
+    except re.error as e:
+        raise UserError(f"bad regex in config.evaluation.layers ({e}): {list(layers)}.") from None
     found = [k for k, v in flat.items()
              if getattr(v, "ndim", 0) == 4 and any(p.search(path_string(k)) for p in patterns)]
     if not found:
         convs = [path_string(k) for k, v in flat.items() if getattr(v, "ndim", 0) == 4]
-        raise ValueError(f"no convolution kernel matches {list(layers)}; kernels in this model: {convs[:8]}"
+        raise UserError(f"no convolution kernel matches {list(layers)}; kernels in this model: {convs[:8]}"
                          f"{' ...' if len(convs) > 8 else ''}")
     return found
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hfcjax import models
+from hfcjax.errors import UserError
 
 ARCHS = ("resnet18", "resnet50", "preact_resnet18", "wrn", "wrn28_10")
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
@@ -51,15 +52,15 @@ def load(path, arch: str, **options) -> Tuple[Any, Dict]:
     try:
         import torch
     except ImportError:
-        raise ValueError("reading a PyTorch file needs torch: pip install 'hfcjax[torch]' (or convert a state_dict "
+        raise UserError("reading a PyTorch file needs torch: pip install 'hfcjax[torch]' (or convert a state_dict "
                          "of numpy arrays with torch_weights.convert).") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file (point at the .pt/.pth file your model was saved to).") from None
+        raise UserError(f"{path}: no such file (point at the .pt/.pth file your model was saved to).") from None
     except Exception as e:  # noqa: BLE001 - whatever torch raises for a file it cannot read
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"{path}: torch.load cannot read it ({type(e).__name__}: {first}); save the weights with "
+        raise UserError(f"{path}: torch.load cannot read it ({type(e).__name__}: {first}); save the weights with "
                          "torch.save(model.state_dict(), path), not the pickled model.") from None
     return convert(state, arch, **options)
 
@@ -68,13 +69,13 @@ def convert(state_dict: Mapping[str, Any], arch: str, *, shortcut_from_input: bo
     """(module, variables) equal to the PyTorch model of `arch` with these weights.
     `shortcut_from_input` only concerns ``preact_resnet18`` (see the module docstring)."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {list(ARCHS)}.")
+        raise UserError(f"unknown architecture {arch!r}; choose one of {list(ARCHS)}.")
     state = _arrays(_unwrap(state_dict))
     try:
         module, variables = _build(state, arch, shortcut_from_input)
     except ValueError as e:
         fits = [a for a in _LAYOUTS if a != arch and _fits(state, a)]
-        raise ValueError(f"{e}{f' (it converts as --arch {fits[0]})' if fits else ''}") from None
+        raise UserError(f"{e}{f' (it converts as --arch {fits[0]})' if fits else ''}") from None
     return module, jax.tree.map(jnp.asarray, variables)
 
 
@@ -123,13 +124,13 @@ def _preact(state, shortcut_from_input, *, stage, block_prefix, shortcut, final,
     """Pre-activation ResNets and WideResNets: depth and widths read off the tensors."""
     stages = sorted({int(m.group(1)) for k in state if (m := re.match(rf"{stage}(\d+)\.", k))})
     if not stages:
-        raise ValueError(f"the state_dict has no {stage}N.* tensors: is it a {stage.rstrip('.')}-style network?")
+        raise UserError(f"the state_dict has no {stage}N.* tensors: is it a {stage.rstrip('.')}-style network?")
     layers, widths, n = [("stem", "conv1", "conv")], [], 0
     for i, s in enumerate(stages):
         count = len({int(m.group(1)) for k in state if (m := re.match(rf"{stage}{s}\.{block_prefix}(\d+)\.", k))})
         n = n or count
         if count != n:
-            raise ValueError(f"stage {s} has {count} blocks but stage {stages[0]} has {n}; hfcjax's pre-activation "
+            raise UserError(f"stage {s} has {count} blocks but stage {stages[0]} has {n}; hfcjax's pre-activation "
                              "ResNet needs the same number in every stage.")
         widths.append(_get(state, f"{stage}{s}.{block_prefix}0.conv1.weight").shape[0])
         for b in range(n):
@@ -167,7 +168,7 @@ _LAYOUTS = {
 
 def _unwrap(obj) -> Mapping[str, Any]:
     if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}; save "
+        raise UserError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}; save "
                          "model.state_dict(), not the model.")
     for key in _WRAPPERS:
         if key in obj and isinstance(obj[key], Mapping):
@@ -191,7 +192,7 @@ def _arrays(state: Mapping[str, Any]) -> Dict[str, np.ndarray]:
 
 def _get(state, key):
     if key not in state:
-        raise ValueError(f"the state_dict has no tensor {key!r}: is the architecture right?")
+        raise UserError(f"the state_dict has no tensor {key!r}: is the architecture right?")
     return state[key]
 
 
@@ -200,7 +201,7 @@ def _either(state, *keys, required=True):
         if key in state:
             return key
     if required:
-        raise ValueError(f"the state_dict has none of {list(keys)}: is the architecture right?")
+        raise UserError(f"the state_dict has none of {list(keys)}: is the architecture right?")
     return None
 
 
@@ -236,16 +237,16 @@ def _fill(state, layers):
 def _check(arch, state, used, expected, variables):
     left = sorted(set(state) - used)
     if left:
-        raise ValueError(f"{len(left)} tensors of the state_dict have no place in {arch}: {left[:5]}"
+        raise UserError(f"{len(left)} tensors of the state_dict have no place in {arch}: {left[:5]}"
                          f"{' ...' if len(left) > 5 else ''} (normalisation buffers go to --mean/--std instead).")
     want = flax.traverse_util.flatten_dict(flax.core.unfreeze(expected))
     got = flax.traverse_util.flatten_dict(variables)
     for keys, what in ((set(want) - set(got), "no tensor for"), (set(got) - set(want), "no parameter for")):
         names = sorted("/".join(k) for k in keys)
         if names:
-            raise ValueError(f"{arch}: {what} {names[:5]}{' ...' if len(names) > 5 else ''}: is the architecture "
+            raise UserError(f"{arch}: {what} {names[:5]}{' ...' if len(names) > 5 else ''}: is the architecture "
                              "right?")
     for key, spec in want.items():
         if tuple(got[key].shape) != tuple(spec.shape):
-            raise ValueError(f"{arch}: {'/'.join(key)} needs shape {tuple(spec.shape)}, the state_dict gives "
+            raise UserError(f"{arch}: {'/'.join(key)} needs shape {tuple(spec.shape)}, the state_dict gives "
                              f"{tuple(got[key].shape)}: is the architecture right?")

@@ -137,6 +137,26 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class Throughput:
+    """The one ETA helper: units (images) per second since `restart`, and the seconds the
+    units left take at that rate. Progress lines of training and of evaluation use it."""
+
+    def __init__(self, done: int = 0):
+        self.restart(done)
+
+    def restart(self, done: int = 0, now: Optional[float] = None) -> None:
+        """Measure from `now` (default: now), `done` units in (e.g. after a first batch that compiled)."""
+        self.start, self.done = time.time() if now is None else now, done
+
+    def rate(self, done: int, now: Optional[float] = None) -> float:
+        """Units per second from the restart to `done` units at `now` (default: now)."""
+        return (done - self.done) / max((time.time() if now is None else now) - self.start, 1e-9)
+
+    @staticmethod
+    def seconds_left(left: float, rate: float) -> float:
+        return left / max(rate, 1e-9)
+
+
 class ReportProgress:
     """A periodic action (CLU's `ReportProgress`): every `every_steps` steps and at the end of
     each epoch it prints the step, a summary and the ETA of the whole job.
@@ -150,11 +170,11 @@ class ReportProgress:
         self.num_epochs, self.steps_per_epoch = num_epochs, steps_per_epoch
         self.batch_size, self.every_steps, self.log = batch_size, every_steps, log
         self.eval_seconds: Optional[float] = None
-        self._epoch_start, self._done_steps = time.time(), 0
+        self.throughput = Throughput()
 
     def start_epoch(self, done_steps: int = 0) -> None:
         """The epoch starts now, `done_steps` steps in (a run resumed mid-epoch)."""
-        self._epoch_start, self._done_steps = time.time(), done_steps
+        self.throughput.restart(done_steps * self.batch_size)
 
     def end_epoch(self, eval_seconds: float) -> None:
         self.eval_seconds = eval_seconds
@@ -164,11 +184,12 @@ class ReportProgress:
         return step_in_epoch % self.every_steps == 0 or step_in_epoch == self.steps_per_epoch
 
     def __call__(self, epoch: int, step_in_epoch: int, summary: Dict[str, float]) -> None:
-        rate = (step_in_epoch - self._done_steps) * self.batch_size / max(time.time() - self._epoch_start, 1e-9)
+        done = step_in_epoch * self.batch_size
+        rate = self.throughput.rate(done)
         images_left = ((self.num_epochs - epoch) * self.steps_per_epoch
                        + self.steps_per_epoch - step_in_epoch) * self.batch_size
         evals_left = self.num_epochs - epoch + 1
-        eta = images_left / max(rate, 1e-9)
+        eta = self.throughput.seconds_left(images_left, rate)
         eval_note = "training only until an epoch is evaluated"
         if self.eval_seconds is not None:
             eta += evals_left * self.eval_seconds

@@ -15,6 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 if "HFCJAX_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
     os.environ["HFCJAX_DATA_DIR"] = str(SHARED_DATA)
+# One persistent compilation cache for the whole suite and the processes it starts (set
+# before JAX is imported, inherited by subprocesses): the tiny models and attack grids that
+# many tests compile alike are compiled once. It never changes a number (same executables);
+# HFCJAX_TEST_JAX_CACHE='' turns it off.
+_CACHE = os.environ.setdefault("HFCJAX_TEST_JAX_CACHE", str(ROOT / ".jax_cache"))
+if _CACHE:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 
 def pytest_sessionstart(session):
@@ -73,6 +81,42 @@ def _tiny_config(**overrides):
 def tiny_config():
     """A factory: tiny_config(**overrides) -> ConfigDict."""
     return _tiny_config
+
+
+TINY_EVAL = {"evaluation": dict(rhos=(0.0, 1.0), num_examples=40, batch_size=20, recalibrate_examples=200),
+             "robustness": dict(eps=(0.05, 0.1), pgd_steps=3, strong_restarts=2, square_queries=10)}
+
+
+def _tiny_eval(**changes):
+    """Evaluation sections for `evaluate.evaluate(..., **sections)`: small settings, with
+    `changes` ({section: {key: value}}) merged in."""
+    out = {name: dict(values) for name, values in TINY_EVAL.items()}
+    for name, values in changes.items():
+        out.setdefault(name, {}).update(values)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_eval():
+    """A factory: tiny_eval(robustness={"eps": (0.1,)}, ...) -> {section: {key: value}}."""
+    return _tiny_eval
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Runs an entry point's ``main(argv)`` in this process: run_cli(main, *args) -> (exit
+    code, stdout, stderr)."""
+
+    def run(main, *args):
+        try:
+            main(["prog", *map(str, args)])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
 
 
 def _reference_split(images, radius, inclusive=True):

@@ -70,7 +70,7 @@ def test_perturbation_stays_in_the_ball_and_in_unit_range(eps, steps, random_sta
     x, y = inputs(seed)
     key = jax.random.key(seed)
     for adv in (attacks.fgsm(f, x, y, eps),
-                attacks.pgd(f, x, y, eps, step_size=eps / 3 + 1e-3, steps=steps, random_start=random_start, key=key),
+                attacks.pgd(f, x, y, eps, step_size=eps / 3 + 1e-3, steps=steps, key=key if random_start else None),
                 attacks.square(f, x, y, eps, key=key, queries=8)):
         adv = np.asarray(adv)
         assert np.all(np.abs(adv - x) <= eps + 1e-6)
@@ -95,13 +95,16 @@ def test_restarts_keep_the_worst_case_per_example():
     _, _, f = linear_model()
     x, y = inputs()
     key = jax.random.key(3)
-    best = attacks.pgd(f, x, y, 0.2, step_size=0.02, steps=2, random_start=True, key=key, restarts=4)
-    singles = [attacks.pgd(f, x, y, 0.2, step_size=0.02, steps=2, random_start=True, key=k)
-               for k in jax.random.split(key, 4)]
+    best = attacks.restarts(attacks.pgd, 4)(f, x, y, 0.2, step_size=0.02, steps=2, key=key)
+    singles = [attacks.pgd(f, x, y, 0.2, step_size=0.02, steps=2, key=k) for k in jax.random.split(key, 4)]
     losses = np.stack([attacks.per_example_loss(f, s, y) for s in singles])
     np.testing.assert_allclose(attacks.per_example_loss(f, best, y), losses.max(0), rtol=1e-6)
-    with pytest.raises(ValueError, match="needs a jax.random key"):
-        attacks.pgd(f, x, y, 0.1, step_size=0.01, steps=1, random_start=True)
+    once = attacks.restarts(attacks.pgd, 1)(f, x, y, 0.2, step_size=0.02, steps=2, key=key)
+    np.testing.assert_array_equal(once, attacks.pgd(f, x, y, 0.2, step_size=0.02, steps=2, key=key))
+    with pytest.raises(ValueError, match="restarts need a jax.random key"):
+        attacks.restarts(attacks.pgd, 2)(f, x, y, 0.1, step_size=0.01, steps=1, key=None)
+    with pytest.raises(ValueError, match="need restarts >= 1"):
+        attacks.restarts(attacks.pgd, 0)
 
 
 @pytest.fixture(scope="module")
@@ -207,8 +210,8 @@ def test_targeted_pgd_reaches_the_target_and_restarts_keep_the_closest():
     logits_fn = lambda x: x.reshape(x.shape[0], -1) @ weights
     x = jnp.asarray(rng.uniform(0.3, 0.7, size=(8, 4, 4, 3)), jnp.float32)
     targets = jnp.asarray((np.argmax(np.asarray(logits_fn(x)), -1) + 1) % 5)
-    adv = attacks.pgd(logits_fn, x, targets, 0.5, step_size=0.05, steps=30, targeted=True, random_start=True,
-                      key=jax.random.key(0), restarts=2)
+    adv = attacks.restarts(attacks.pgd, 2)(logits_fn, x, targets, 0.5, step_size=0.05, steps=30, targeted=True,
+                                           key=jax.random.key(0))
     np.testing.assert_array_equal(np.argmax(np.asarray(logits_fn(adv)), -1), np.asarray(targets))
     untargeted = attacks.pgd(logits_fn, x, targets, 0.5, step_size=0.05, steps=30)
     assert np.mean(np.argmax(np.asarray(logits_fn(untargeted)), -1) == np.asarray(targets)) < 1
@@ -216,8 +219,7 @@ def test_targeted_pgd_reaches_the_target_and_restarts_keep_the_closest():
 
 def test_l2_pgd_stays_in_the_l2_ball_with_random_start():
     weight, images, labels, logits_fn = two_class_linear(seed=2)
-    adv = attacks.pgd(logits_fn, images, labels, 0.5, step_size=0.2, steps=4, norm="l2", random_start=True,
-                      key=jax.random.key(1))
+    adv = attacks.pgd(logits_fn, images, labels, 0.5, step_size=0.2, steps=4, norm="l2", key=jax.random.key(1))
     norms = np.sqrt(((np.asarray(adv) - images) ** 2).sum((1, 2, 3)))
     assert norms.max() <= 0.5 + 1e-5 and norms.min() > 0.4
     assert float(np.min(adv)) >= 0 and float(np.max(adv)) <= 1
@@ -263,13 +265,15 @@ def test_apgd_is_at_least_as_strong_as_pgd_and_stays_in_the_ball(loss):
     x = jnp.asarray(rng.uniform(0.2, 0.8, size=(40, 6, 6, 1)), jnp.float32)
     y = jnp.asarray(np.argmax(np.asarray(logits_fn(x)), -1))
     eps = 0.05
-    adv = attacks.apgd(logits_fn, x, y, eps, steps=30, loss=loss)
+    # Compiled once per loss, the loop rolled (unroll=1): this checks the algorithm, not speed.
+    run = jax.jit(lambda e: attacks.apgd(logits_fn, x, y, e, steps=30, loss=loss, unroll=1))
+    adv = run(eps)
     assert float(jnp.max(jnp.abs(adv - x))) <= eps + 1e-6 and 0 <= float(adv.min()) and float(adv.max()) <= 1
-    pgd = attacks.pgd(logits_fn, x, y, eps, step_size=eps / 4, steps=30)
+    pgd = attacks.pgd(logits_fn, x, y, eps, step_size=eps / 4, steps=30, unroll=1)
     acc = lambda z: float(np.mean(np.argmax(np.asarray(logits_fn(z)), -1) == np.asarray(y)))
     assert acc(adv) <= acc(pgd) + 2 / 40 and acc(adv) < 1.0
-    np.testing.assert_array_equal(adv, attacks.apgd(logits_fn, x, y, eps, steps=30, loss=loss))  # deterministic
-    np.testing.assert_array_equal(attacks.apgd(logits_fn, x, y, 0.0, steps=5, loss=loss), x)
+    np.testing.assert_array_equal(adv, attacks.apgd(logits_fn, x, y, eps, steps=30, loss=loss, unroll=1))  # determ.
+    np.testing.assert_array_equal(run(0.0), x)
 
 
 def test_apgd_bad_input():

@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hfcjax import backend, cli
+from hfcjax.errors import UserError
 
 SHOW = "from hfcjax import backend; backend.use_huge_pages(); import os, sys; print(os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])"
 glibc_linux = pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
@@ -36,21 +38,34 @@ def test_users_tunables_and_opt_out_are_respected(run):
     assert run({"HFCJAX_HUGE_PAGES": "0"}) == "None []"
 
 
-def test_clear_errors_exit_with_one_line(capsys):
+def test_clear_errors_exit_with_one_line_for_user_errors_only(capsys):
     with pytest.raises(SystemExit) as exit_info, cli.clear_errors():
-        raise ValueError("radius must be a finite number >= 0, got -1.")
+        raise UserError("radius must be a finite number >= 0, got -1.")
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: radius must be a finite number >= 0, got -1.\n"
+    for bug in (ValueError("a bug"), TypeError("a bug"), OSError("a bug"), RuntimeError("a bug"), KeyError("a bug")):
+        with pytest.raises(type(bug)), cli.clear_errors():  # a bug in hfcjax keeps its traceback
+            raise bug
+    assert capsys.readouterr().err == ""
+
+
+def test_every_expected_failure_type_is_a_user_error():
+    from hfcjax import checkpoints, data, download, locks, steps, train
+
+    for error in (cli.UsageError, checkpoints.CheckpointError, data.DataError, download.DownloadError,
+                  locks.WorkdirBusy, steps.TrainingError, train.ConfigChanged, train.Interrupted, train.Preempted):
+        assert issubclass(error, UserError), error
 
 
 def test_list_flags_and_regex_errors_are_one_line(capsys):
+    from hfcjax import smoothing
+
     assert cli.floats(["0.5", "1"], "rho") == [0.5, 1.0]
     with pytest.raises(cli.UsageError, match=r"--eps must be comma-separated numbers, got 'a,1'"):
         cli.floats(["a", "1"], "eps")
     with pytest.raises(SystemExit), cli.clear_errors():
-        import re
-        re.compile("[")
-    assert capsys.readouterr().err.startswith("error: bad regex (")
+        smoothing.selected_paths({"stem": {"kernel": np.zeros((3, 3, 1, 2))}}, ["["])
+    assert capsys.readouterr().err.startswith("error: bad regex in config.evaluation.layers (")
 
 
 @pytest.mark.parametrize("script,args,message", [

@@ -9,12 +9,25 @@ import pytest
 from hfcjax import data
 
 
-def test_cifar10_subset_from_published_pickles(data_dir):
+def pickled_labels(data_dir, names):
+    """Labels of CIFAR-10 pickles read independently of hfcjax (whatever the size of the copy)."""
+    import pickle
+
+    labels = []
+    for name in names:
+        with open(data_dir / "cifar-10-batches-py" / name, "rb") as f:
+            labels += list(pickle.load(f, encoding="bytes")[b"labels"])
+    return np.asarray(labels)
+
+
+def test_cifar10_from_published_pickles(data_dir):
     x, y = data.load("cifar10", "train", source="files")
-    assert x.shape == (5085, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int32
-    np.testing.assert_array_equal(y[:10], [6, 9, 9, 4, 1, 1, 2, 7, 8, 3])
+    train_labels = pickled_labels(data_dir, [f"data_batch_{i}" for i in range(1, 6)])
+    assert x.shape == (len(train_labels), 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int32
+    np.testing.assert_array_equal(y, train_labels)
+    np.testing.assert_array_equal(y[:10], [6, 9, 9, 4, 1, 1, 2, 7, 8, 3])  # CIFAR-10's first training labels
     xt, yt = data.load("cifar10", "test", data_dir=str(data_dir))
-    assert xt.shape == (1017, 32, 32, 3)
+    assert xt.shape == (len(pickled_labels(data_dir, ["test_batch"])), 32, 32, 3)
     np.testing.assert_array_equal(yt[:10], [3, 8, 8, 0, 6, 6, 1, 6, 3, 1])
     assert 100 < x.mean() < 140  # real photographs, channel-major pickles transposed correctly
     # Channel-major layout: the red plane of the first image is its first 1024 bytes.

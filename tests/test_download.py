@@ -4,7 +4,6 @@
 import dataclasses
 import functools
 import http.server
-import io
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hfcjax import data, download
+from hfcjax import data, download, hashing
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -48,7 +47,7 @@ def mirror(tmp_path, data_dir, monkeypatch):
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(data_dir / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     spec = data.DATASETS["cifar10"]
-    check = download.Check(download._sha256(io.BytesIO(tarball.read_bytes())))
+    check = download.Check(hashing.file_sha256(tarball))
     monkeypatch.setitem(data.DATASETS, "cifar10", dataclasses.replace(
         spec, remote=dataclasses.replace(spec.remote, files=(("cifar-10-python.tar.gz", (check,)),))))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
@@ -56,6 +55,7 @@ def mirror(tmp_path, data_dir, monkeypatch):
     Handler.requests, Handler.cut = [], set()
     monkeypatch.setenv("HFCJAX_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setenv("HFCJAX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HFCJAX_DOWNLOAD", "1")  # the one server is on 127.0.0.1: allowed under HFCJAX_DOWNLOAD=0
     monkeypatch.setenv("HFCJAX_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "no-system-datasets")
     yield root

@@ -1,13 +1,24 @@
 """hfcjax.evaluators on models hfcjax did not train: a linear classifier given as a plain
-function (variables {}), checked against numpy; the smoothing grid on a Flax conv model."""
+function (variables {}), checked against numpy; the rho grid on a Flax conv model; the
+registry (a new analysis is one module)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from hfcjax import evaluators, measure, smoothing
+from hfcjax import config as config_lib, evaluators, measure, smoothing, writers
+from hfcjax.evaluators import checks, common, frequency, variants
+
+QUIET = common.Shared(batch_size=16, log=lambda m: None)
+
+
+def section(name, **values):
+    c = evaluators.module(name).get_config()
+    c.update(values)
+    return c
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +34,16 @@ def linear():
     return apply_fn, weights, images, labels
 
 
+def inputs_of(images, labels, variables=None, radii=(2.0, 4.0), rhos=(0.0,)):
+    variables = {} if variables is None else variables
+    return common.Inputs(variables, variants.model_variants(variables, rhos=rhos), images, labels, radii)
+
+
 def test_frequency_evaluator_matches_numpy(linear, reference_split):
     apply_fn, weights, images, labels = linear
-    report = evaluators.FrequencyEvaluator(apply_fn, radii=(2.0, 4.0), ranks=(3, 20), batch_size=8).run(
-        {}, images, labels)
+    evaluator = frequency.Evaluator(apply_fn, section("frequency", svd_ranks=(3, 20)),
+                                    common.Shared(batch_size=8))
+    report = evaluator.run(inputs_of(images, labels))
     assert report.ranks == [3]  # rank 20 > 12 is left out
     x = images.astype(np.float64) / 255
     expected = {measure.ORIGINAL: x}
@@ -48,22 +65,39 @@ def test_frequency_evaluator_matches_numpy(linear, reference_split):
 def test_robustness_evaluator_on_a_plain_function(linear):
     apply_fn, weights, images, labels = linear
     lines = []
-    evaluator = evaluators.RobustnessEvaluator(apply_fn, eps=[0.0, 0.05], pgd_steps=3, strong_restarts=2,
-                                               square_queries=5, batch_size=16, log=lines.append)
-    row = evaluator.run({}, images, labels, name="linear")
-    assert row["clean"] == pytest.approx(24 / 30)
-    assert row["fgsm"][0] == row["pgd"][0] == pytest.approx(row["clean"])  # eps = 0 changes nothing
-    assert row["pgd"][1] < row["clean"] and row["fgsm"][1] < row["clean"]  # eps = 0.05 hurts a linear model
-    assert row["worst_case"] <= min(row["fgsm"][1], row["pgd"][1], row["pgd_strong"], row["square"])
+    cfg = section("robustness", eps=(0.0, 0.05), pgd_steps=3, strong_restarts=2, square_queries=5)
+    (row,) = evaluators.module("robustness").Evaluator(apply_fn, cfg, common.Shared(batch_size=16, log=lines.append)
+                                                       ).run(inputs_of(images, labels))
+    assert row.name == "rho=0" and row.roughness is None  # a plain function has nothing to smooth
+    assert row.clean == pytest.approx(24 / 30)
+    assert row.fgsm[0] == row.pgd[0] == pytest.approx(row.clean)  # eps = 0 changes nothing
+    assert row.pgd[1] < row.clean and row.fgsm[1] < row.clean  # eps = 0.05 hurts a linear model
+    assert row.worst_case <= min(row.fgsm[1], row.pgd[1], row.pgd_strong, row.square)
+    assert row.apgd_ce is None and row.apgd_dlr is None
     assert lines[0].startswith("  compiling the attacks")
-    assert any(line.startswith("  linear: batch 2 | row 30/30 images") and "ETA" in line for line in lines)
+    assert any(line.startswith("  rho=0: batch 2 | grid 30/30 images") and "ETA" in line for line in lines)
+
+
+def test_fused_evaluators_equal_each_alone(linear):
+    """Robustness and band run fused in one pass give the rows each gives alone."""
+    apply_fn, weights, images, labels = linear
+    rob = evaluators.module("robustness").Evaluator(apply_fn, section("robustness", eps=(0.05,), pgd_steps=2,
+                                                                      square_queries=0), QUIET)
+    band = evaluators.module("band").Evaluator(apply_fn, section("band", enabled=True, radius=3.0, eps=(0.05,),
+                                                                 pgd_steps=2), QUIET)
+    inputs = inputs_of(images, labels)
+    fused = common.run_fused([band, rob], inputs)
+    strip = lambda row: {k: v for k, v in common.to_json(row).items() if k != "seconds"}
+    assert strip(fused["robustness"][0]) == strip(rob.run(inputs)[0])
+    assert fused["band"] == band.run(inputs)
+    assert 0 <= fused["band"][0].leak_low[0] <= 1
 
 
 def test_grid_progress_eta_is_of_the_whole_grid_and_leaves_compilation_out(monkeypatch):
     clock = iter([0.0, 100.0, 101.0, 102.0])  # start; a first batch with 99 s of compilation; then 1 s a batch
-    monkeypatch.setattr(evaluators.time, "time", lambda: next(clock))
+    monkeypatch.setattr(writers.time, "time", lambda: next(clock))  # the same module object as common.time
     lines = []
-    progress = evaluators.GridProgress(4, 10, lines.append)  # 4 rows of 10 images
+    progress = common.GridProgress(4, 10, lines.append)  # 4 rows of 10 images
     progress.skip(10)  # one row read back from an interrupted run
     progress.advance(10, "rho=0")
     progress.advance(10, "rho=1")
@@ -78,40 +112,104 @@ class TinyConv(nn.Module):
         return nn.Dense(3)(x.mean((1, 2)))
 
 
-def test_smoothing_grid_rows_and_kernels():
+def test_model_variants_and_their_rows():
     model = TinyConv()
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
     labels = rng.integers(0, 3, 12).astype(np.int32)
     variables = model.init(jax.random.key(0), images[:1].astype(np.float32))
-    evaluator = evaluators.RobustnessEvaluator(lambda v, x: model.apply(v, x), eps=[0.03], pgd_steps=2,
-                                               strong_restarts=1, square_queries=0, batch_size=12, log=lambda m: None)
     calls = []
-    rows, kernels = evaluators.smoothing_grid(evaluator, variables, images, labels, rhos=[0.0, 1.0],
-                                              recalibrate=lambda v: calls.append(v) or v)
-    assert [r["name"] for r in rows] == ["rho=0", "rho=1", "rho=0 (BN re-estimated)", "rho=1 (BN re-estimated)"]
-    assert len(calls) == 2 and list(kernels) == ["rho=0", "rho=1"]
+    grid = variants.model_variants(variables, rhos=[0.0, 1.0], recalibrate=lambda v: calls.append(v) or v)
+    assert [v.name for v in grid] == ["rho=0", "rho=1", "rho=0 (BN re-estimated)", "rho=1 (BN re-estimated)"]
+    assert len(calls) == 2
     stem = np.asarray(variables["params"]["stem"]["kernel"])
-    np.testing.assert_allclose(kernels["rho=0"], stem)
-    np.testing.assert_allclose(kernels["rho=1"], smoothing.smooth_kernel(stem, 1.0), rtol=1e-6)
-    assert rows[0]["roughness"] == pytest.approx(float(smoothing.roughness(stem)))
-    assert rows[0]["square"] is None and rows[1]["roughness"] < rows[0]["roughness"]
+    np.testing.assert_allclose(grid[0].kernel, stem)
+    np.testing.assert_allclose(grid[1].kernel, smoothing.smooth_kernel(stem, 1.0), rtol=1e-6)
+    assert grid[0].roughness == pytest.approx(float(smoothing.roughness(stem)))
+    cfg = section("robustness", eps=(0.03,), pgd_steps=2, strong_restarts=1, square_queries=0)
+    rows = evaluators.module("robustness").Evaluator(lambda v, x: model.apply(v, x), cfg, QUIET).run(
+        common.Inputs(variables, grid, images, labels, (2.0,)))
+    assert rows[0].square is None and rows[1].roughness < rows[0].roughness
     with pytest.raises(ValueError, match="no convolution kernel matches"):
-        evaluators.smoothing_grid(evaluator, variables, images, labels, rhos=[0.0], layers=["^nothing$"])
+        variants.model_variants(variables, rhos=[0.0], layers=["^nothing$"])
 
 
 def test_model_checks_flag_randomness_softmax_outputs_and_zero_gradients(linear):
     apply_fn, weights, images, labels = linear
-    assert evaluators.model_checks(apply_fn, {}, images, labels) == []
+    assert checks.model_checks(apply_fn, {}, images, labels) == []
     softmax = lambda v, x: jax.nn.softmax(apply_fn(v, x))
-    assert any("look like probabilities" in w for w in evaluators.model_checks(softmax, {}, images, labels))
+    assert any("look like probabilities" in w for w in checks.model_checks(softmax, {}, images, labels))
     calls = []
 
     def noisy(v, x):
         calls.append(1)
         return apply_fn(v, x) + 0.1 * len(calls)
 
-    assert any("randomness" in w for w in evaluators.model_checks(noisy, {}, images, labels))
+    assert any("randomness" in w for w in checks.model_checks(noisy, {}, images, labels))
     flat = lambda v, x: jnp.round(apply_fn(v, x))  # piecewise constant: zero gradient everywhere
-    warnings = evaluators.model_checks(flat, {}, images, labels)
+    warnings = checks.model_checks(flat, {}, images, labels)
     assert any(w.startswith("30 of 30 images have an input gradient of exactly zero") for w in warnings)
+
+
+def test_every_evaluator_has_a_section_with_enabled_and_the_config_holds_them():
+    names = evaluators.names()
+    assert set(names) == {"checks", "robustness", "band", "spectra", "heatmap", "frequency"}
+    config = config_lib.default()
+    assert list(config.evals.keys()) == sorted(names) or set(config.evals.keys()) == set(names)
+    for name in names:
+        assert "enabled" in config.evals[name]
+    config.evals.heatmap.eps = -1.0
+    with pytest.raises(ValueError, match="config.evals.heatmap.eps must be a finite number > 0"):
+        config_lib.validate(config)
+
+
+def test_a_new_analysis_is_one_module(tmp_path, monkeypatch, linear):
+    """A module with get_config / validate / Evaluator in the package is found by name, gets
+    its config section and runs: nothing else changes."""
+    (tmp_path / "mean_logit.py").write_text('''
+import dataclasses
+import ml_collections
+import numpy as np
+from hfcjax.evaluators import common
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.enabled = False
+    c.scale = 1.0
+    return c
+
+def validate(c):
+    common.check_number(c, "scale", 0.0, strict=True)
+
+class Evaluator(common.Evaluator):
+    name = "mean_logit"
+    stage = 3
+
+    def run(self, inputs):
+        return self.cfg.scale * float(np.mean(self.apply_fn(inputs.variables, inputs.images / 255.0)))
+
+    def markdown(self, result):
+        return f"mean logit {result:.3f}"
+
+    def write(self, result, out_dir, inputs):
+        pass
+''')
+    monkeypatch.setattr(evaluators, "__path__", [*evaluators.__path__, str(tmp_path)])
+    evaluators.names.cache_clear()
+    try:
+        evals = evaluators.default_config()
+        assert "mean_logit" in evals and evals.mean_logit.enabled is False
+        evals.mean_logit.enabled, evals.mean_logit.scale = True, 2.0
+        apply_fn, weights, images, labels = linear
+        built = evaluators.build(evals, apply_fn, QUIET)
+        results = evaluators.run_all(built, inputs_of(images, labels))
+        expected = 2.0 * float(np.mean((images.reshape(30, -1) / 255.0) @ weights))
+        assert list(results)[-1] == "mean_logit" and results["mean_logit"] == pytest.approx(expected, rel=1e-5)
+        evals.mean_logit.scale = 0.0
+        with pytest.raises(ValueError, match="config.evals.mean_logit.scale must be a finite number > 0"):
+            evaluators.validate(evals)
+    finally:
+        evaluators.names.cache_clear()
+        import sys
+        sys.modules.pop("hfcjax.evaluators.mean_logit", None)
+    assert isinstance(evals, ml_collections.ConfigDict)

@@ -2,7 +2,6 @@
 normalisation), a plain logits_fn, the --model/--data/--out command line and its errors."""
 
 import json
-import subprocess
 import sys
 import textwrap
 
@@ -50,7 +49,12 @@ def fashion(data_dir):
     return images[:40], labels[:40]
 
 
-FAST = dict(eps=(0.05, 0.1), pgd_steps=2, strong_restarts=1, square_queries=5, batch_size=20, svd_ranks=(4,))
+FAST = dict(robustness=dict(eps=(0.05, 0.1), pgd_steps=2, strong_restarts=1, square_queries=5),
+            evaluation=dict(batch_size=20), frequency=dict(svd_ranks=(4,)))
+
+
+def fast(**evaluation):
+    return {**FAST, "evaluation": {**FAST["evaluation"], **evaluation}}
 
 
 def test_a_flax_model_with_nchw_and_normalisation_gets_the_whole_report(user_module, fashion, tmp_path):
@@ -58,16 +62,17 @@ def test_a_flax_model_with_nchw_and_normalisation_gets_the_whole_report(user_mod
     module, variables = external.load_factory("usermodel:factory")
     pre = external.Preprocess(MEAN, STD, "NCHW")
     result = evaluate.analyse_model((module, variables), images, labels, tmp_path, preprocess=pre,
-                                    rhos=(0.0, 1.0), layers=("conv1/kernel",), **FAST)
+                                    **fast(rhos=(0.0, 1.0), layers=("conv1/kernel",)))
     # Clean accuracy equals the model applied by hand to normalised channels-first pixels.
     x = (images.astype(np.float32) / 255 - MEAN[0]) / STD[0]
     direct = np.argmax(np.asarray(module.apply(variables, np.transpose(x, (0, 3, 1, 2)))), -1)
-    assert result["rows"][0]["clean"] == pytest.approx(float(np.mean(direct == labels)))
-    assert [r["name"] for r in result["rows"]] == ["rho=0", "rho=1"]
-    assert result["rows"][1]["roughness"] < result["rows"][0]["roughness"]  # conv1 was smoothed
-    assert set(result["frequency"]["accuracy"]) >= {"original", "low_r3.5", "high_r14"}  # radii scaled to 28x28
-    for name in ("robustness.json", "robustness.csv", "robustness.md", "frequency.md", "kernels.png",
-                 "robustness.png"):
+    rows = result["robustness"]
+    assert rows[0].clean == pytest.approx(float(np.mean(direct == labels)))
+    assert [r.name for r in rows] == ["rho=0", "rho=1"]
+    assert rows[1].roughness < rows[0].roughness  # conv1 was smoothed
+    assert set(result["frequency"].summary()["accuracy"]) >= {"original", "low_r3.5", "high_r14"}  # radii for 28x28
+    for name in ("robustness.json", "robustness.csv", "robustness.md", "frequency.md", "frequency.json",
+                 "kernels.png", "robustness.png", "report.md"):
         assert (tmp_path / name).exists(), name
 
 
@@ -76,10 +81,10 @@ def test_a_plain_logits_fn_and_float_images(fashion):
     weights = np.random.default_rng(0).normal(size=(28 * 28, 10)).astype(np.float32)
     logits_fn = lambda x: x.reshape(x.shape[0], -1) @ weights
     floats = images.astype(np.float32) / 255
-    result = evaluate.analyse_model(logits_fn, floats, labels, rhos=(0.0, 1.0), **FAST)
-    assert [r["name"] for r in result["rows"]] == ["rho=0"]  # nothing to smooth
+    result = evaluate.analyse_model(logits_fn, floats, labels, **fast(rhos=(0.0, 1.0)))
+    assert [r.name for r in result["robustness"]] == ["rho=0"]  # nothing to smooth
     expected = np.mean(np.argmax(floats.reshape(40, -1) @ weights, -1) == labels)
-    assert result["rows"][0]["clean"] == pytest.approx(float(expected))
+    assert result["robustness"][0].clean == pytest.approx(float(expected))
 
 
 def test_bad_models_and_data_are_one_line(user_module, fashion, tmp_path):
@@ -109,25 +114,23 @@ def test_bad_models_and_data_are_one_line(user_module, fashion, tmp_path):
             external.load_images(str(tmp_path / f"{name}.npz"))
 
 
-def test_command_line_with_your_own_model(user_module, fashion, tmp_path, root, subprocess_env):
+def test_command_line_with_your_own_model(user_module, fashion, tmp_path, run_cli):
     images, labels = fashion
     np.savez(tmp_path / "data.npz", images=images, labels=labels)
-    env = {**subprocess_env, "PYTHONPATH": f"{user_module}:{subprocess_env['PYTHONPATH']}"}
-    base = [sys.executable, "-m", "hfcjax.evaluate", "--model", "usermodel:factory", "--data",
-            str(tmp_path / "data.npz"), "--out", str(tmp_path / "report"), "--eps", "0.1", "--pgd_steps", "2",
-            "--restarts", "1", "--square_queries", "0", "--batch_size", "20", "--rho", "0,0.5", "--layers",
-            "conv1/kernel"]
-    proc = subprocess.run(base + ["--mean", "0.3", "--std", "0.35", "--layout", "NCHW"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    base = ["--model", "usermodel:factory", "--data", tmp_path / "data.npz", "--out", tmp_path / "report",
+            "--config.evals.robustness.eps=(0.1,)", "--config.evals.robustness.pgd_steps=2",
+            "--config.evals.robustness.strong_restarts=1", "--config.evals.robustness.square_queries=0",
+            "--config.evaluation.batch_size=20", "--config.evaluation.rhos=(0,0.5)",
+            "--config.evaluation.layers=('conv1/kernel',)"]
+    code, out, err = run_cli(evaluate.main, *base, "--mean", "0.3", "--std", "0.35", "--layout", "NCHW")
+    assert code == 0, err[-2000:]
     saved = json.loads((tmp_path / "report" / "robustness.json").read_text())
     assert [r["name"] for r in saved["rows"]] == ["rho=0", "rho=0.5"]
-    bad = subprocess.run(base, cwd=root, env=env, capture_output=True, text=True, timeout=300)  # no --layout NCHW
-    errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
-    assert bad.returncode == 2 and len(errors) == 1 and "expected NCHW" in errors[0], bad.stderr[-2000:]
-    both = subprocess.run(base + ["--workdir", str(tmp_path)], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert both.returncode == 2 and "give either --workdir DIR" in both.stderr
+    code, _, err = run_cli(evaluate.main, *base)  # no --layout NCHW
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "expected NCHW" in errors[0], err[-2000:]
+    code, _, err = run_cli(evaluate.main, *base, "--workdir", tmp_path)
+    assert code == 2 and "give either --workdir DIR" in err
 
 
 def test_default_radii_scale_with_small_images():

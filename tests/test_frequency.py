@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hfcjax import backend, frequency
+from hfcjax.errors import UserError
 
 
 SHAPES = [(3, 32, 32, 3), (2, 28, 28, 1), (2, 31, 17, 2), (1, 224, 224, 3)]
@@ -104,7 +105,7 @@ def test_bad_input_is_rejected_clearly():
         frequency.radial_mask(8, 8, float("nan"))
     with pytest.raises(ValueError, match=r"\[\.\.\., H, W, C\]"):
         frequency.split(np.zeros((8, 8)), 2)
-    with pytest.raises(TypeError, match="real numbers"):
+    with pytest.raises(UserError, match="real numbers"):
         frequency.split(np.zeros((1, 8, 8, 1), np.complex64), 2)
     with pytest.raises(ValueError, match="rescale mode"):
         frequency.rescale(np.zeros((1, 8, 8, 1)), "zscore")
@@ -112,20 +113,22 @@ def test_bad_input_is_rejected_clearly():
         frequency.svd_split(np.zeros((1, 8, 8, 1)), 9)
 
 
-image_arrays = hnp.arrays(np.float32, st.tuples(st.integers(1, 2), st.integers(2, 12), st.integers(2, 12),
-                                                 st.integers(1, 3)),
+# Sizes from a small set (odd and even, square and not): every new shape is a new compilation, and
+# hypothesis varies the values, which is what these properties are about.
+SIDES = st.sampled_from([2, 5, 8, 12])
+image_arrays = hnp.arrays(np.float32, st.tuples(st.integers(1, 2), SIDES, SIDES, st.sampled_from([1, 3])),
                           elements=st.floats(-1, 1, width=32))
 radii = st.floats(0, 10)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(image_arrays, radii)
 def test_low_plus_high_is_the_image(images, radius):
     low, high = frequency.split(images, radius)
     np.testing.assert_allclose(low + high, images, atol=1e-5)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(image_arrays, radii, st.floats(-3, 3), st.floats(-3, 3))
 def test_split_is_linear(images, radius, a, b):
     other = np.roll(images[::-1], 1, axis=-2)
@@ -135,7 +138,7 @@ def test_split_is_linear(images, radius, a, b):
     np.testing.assert_allclose(low_mix, a * low_a + b * low_b, atol=1e-4)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(image_arrays)
 def test_radius_beyond_half_diagonal_keeps_everything(images):
     h, w = images.shape[1:3]
@@ -144,8 +147,8 @@ def test_radius_beyond_half_diagonal_keeps_everything(images):
     np.testing.assert_allclose(high, 0, atol=1e-5)
 
 
-@settings(max_examples=30, deadline=None)
-@given(st.floats(-5, 5), st.integers(2, 12), st.integers(2, 12), radii)
+@settings(max_examples=20, deadline=None)
+@given(st.floats(-5, 5), SIDES, SIDES, radii)
 def test_low_of_constant_image_is_the_image(value, h, w, radius):
     images = np.full((1, h, w, 2), value, np.float32)
     low, high = frequency.split(images, radius)

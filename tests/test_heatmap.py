@@ -80,9 +80,10 @@ def test_bad_eps_and_shape_are_one_line():
 
 
 def test_evaluator_groups_of_bases_equal_one_call(monkeypatch):
-    """HeatmapEvaluator runs the bases in fixed groups (and batches of images); the map equals
+    """The heatmap evaluator runs the bases in fixed groups (and batches of images); the map equals
     `heatmap_counts` of all bases in one call with the same keys."""
     from hfcjax import backend, evaluators
+    from hfcjax.evaluators import common, variants
 
     monkeypatch.setattr(backend, "heatmap_group", lambda num_bases: 24)  # 12x12: 74 bases -> 4 groups
     rng = np.random.default_rng(2)
@@ -90,7 +91,11 @@ def test_evaluator_groups_of_bases_equal_one_call(monkeypatch):
     images = rng.integers(0, 256, (10, 12, 12, 1), dtype=np.uint8)
     labels = np.argmax((images.reshape(10, -1) / 255) @ weights, -1).astype(np.int32)
     apply_fn = lambda v, x: x.reshape(x.shape[0], -1) @ weights
-    error = evaluators.HeatmapEvaluator(apply_fn, eps=3.0, batch_size=10, log=lambda m: None).run({}, images, labels)
+    cfg = evaluators.module("heatmap").get_config()
+    cfg.eps = 3.0
+    evaluator = evaluators.module("heatmap").Evaluator(apply_fn, cfg, common.Shared(batch_size=10, log=lambda m: None))
+    result = evaluator.run(common.Inputs({}, variants.model_variants({}, rhos=(0.0,)), images, labels, (2.0,)))
+    error = result.maps[0.0]
     counts = heatmap.heatmap_counts(lambda x: apply_fn({}, x), jnp.asarray(images, jnp.float32) / 255,
                                     jnp.asarray(labels), 3.0, key=jax.random.PRNGKey(0))
     np.testing.assert_allclose(error, 1 - np.asarray(counts, np.float64) / 10, atol=1e-9)

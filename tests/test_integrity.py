@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from hfcjax import attacks, checkpoints, config as config_lib, data, evaluate, smoothing, train
+from hfcjax import attacks, checkpoints, config as config_lib, data, evaluate, formats, locks, smoothing, train
 
 TIMING_KEYS = {"train_seconds", "eval_seconds", "images_per_second"}
 
@@ -110,7 +110,7 @@ def test_checkpoints_folder_that_is_a_file_is_one_line(tmp_path, root, subproces
 
 
 def test_a_second_run_in_a_busy_workdir_is_refused(tmp_path, root, subprocess_env):
-    with checkpoints.WorkdirLock(tmp_path):  # this test process owns it
+    with locks.WorkdirLock(checkpoints.RunDir(tmp_path).lock):  # this test process owns it
         proc = python_main(root, subprocess_env, tmp_path)
     assert proc.returncode == 2
     assert "is in use by pid" in one_error_line(proc)
@@ -160,9 +160,10 @@ def test_corrupt_latest_checkpoint_falls_back_for_evaluation_and_resume(finished
     assert epoch == 1 and len(said) == 1 and "epoch 2 is corrupt" in said[0]
     with pytest.raises(checkpoints.CheckpointError, match="epoch 2 .* is corrupt"):
         checkpoints.restore_model(workdir, 2)
-    result = evaluate.evaluate(workdir, rhos=(0.0,), eps=(0.05,), num_examples=20, batch_size=20, pgd_steps=1,
-                               strong_restarts=1, square_queries=0, svd_ranks=())
-    assert result["checkpoint_epoch"] == 1
+    result = evaluate.evaluate(workdir, evaluation=dict(rhos=(0.0,), num_examples=20, batch_size=20),
+                               robustness=dict(eps=(0.05,), pgd_steps=1, strong_restarts=1, square_queries=0),
+                               frequency=dict(svd_ranks=()))
+    assert result.about["checkpoint_epoch"] == 1
     # Resuming moves the corrupt epoch aside and retrains it: the same numbers as before.
     history = train.train_and_evaluate(small, str(workdir))
     assert [r["epoch"] for r in history] == [1, 2]
@@ -272,17 +273,19 @@ def test_smoothing_rejects_bad_rho_and_takes_one_regex_as_a_string():
 
 
 def test_evaluation_settings_are_checked():
-    with pytest.raises(ValueError, match="config.num_examples must be an integer >= 0"):
-        config_lib.eval_config(num_examples=-5)
+    with pytest.raises(ValueError, match="config.evaluation.num_examples must be an integer >= 0"):
+        config_lib.evaluation_config(evaluation={"num_examples": -5})
+    with pytest.raises(ValueError, match="config.evals.robustness.pgd_step_fraction must be in"):
+        config_lib.evaluation_config(robustness={"pgd_step_fraction": 2.0})
 
 
 def test_unreadable_data_file_says_permission_not_corrupt(data_dir, monkeypatch):
     def denied(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(data, "open", denied, raising=False)
+    monkeypatch.setattr(formats, "open", denied, raising=False)
     with pytest.raises(data.DataError, match="cannot read .*test_batch: permission denied"):
         data.load("cifar10", "test", source="files")
-    monkeypatch.setattr(data.gzip, "open", denied)
+    monkeypatch.setattr(formats.gzip, "open", denied)
     with pytest.raises(data.DataError, match="permission denied"):
         data.load("fashion_mnist", "test", source="files")

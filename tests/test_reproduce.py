@@ -9,8 +9,8 @@ import pytest
 
 from hfcjax import checkpoints, reproduce
 
-TINY_EVAL = dict(num_examples=20, batch_size=20, pgd_steps=2, strong_restarts=1, square_queries=5,
-                 rhos=(0.0, 1.0), recalibrate_examples=200)
+TINY_EVAL = dict(evaluation=dict(num_examples=20, batch_size=20, rhos=(0.0, 1.0), recalibrate_examples=200),
+                 robustness=dict(pgd_steps=2, strong_restarts=1, square_queries=5))
 
 
 @pytest.mark.parametrize("experiment", sorted(reproduce.EXPERIMENTS))
@@ -43,7 +43,7 @@ def test_table1_runs_and_reports(tmp_path, tiny_config):
 
 
 def test_table2_trains_and_evaluates(tmp_path, tiny_config):
-    reproduce.reproduce("table2", tiny_config(num_epochs=1), tmp_path, only=["natural"], eval_options=TINY_EVAL)
+    reproduce.reproduce("table2", tiny_config(num_epochs=1), tmp_path, only=["natural"], eval_sections=TINY_EVAL)
     report = (tmp_path / "report.md").read_text()
     assert "### natural" in report and "| rho=1 |" in report
     assert (checkpoints.RunDir(tmp_path / "natural").eval / "robustness.json").exists()
@@ -120,5 +120,7 @@ def test_notebook_install_cell_installs_from_the_repository(name, tmp_path, root
     monkeypatch.setenv("HFCJAX_REPO", f"git+file://{root}")
     monkeypatch.setenv("PIP_TARGET", str(tmp_path / "site"))
     monkeypatch.setenv("PIP_NO_DEPS", "1")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # hermetic: build with this venv's setuptools, fetch nothing
+    monkeypatch.setenv("PIP_NO_BUILD_ISOLATION", "0")  # pip's quirk: "0" turns build isolation off
     exec(install, {})
     assert (tmp_path / "site" / "hfcjax" / "evaluate.py").is_file()

@@ -88,12 +88,13 @@ def test_converted_model_goes_through_the_analysis_with_its_normalisation(tmp_pa
     with torch.no_grad():
         labels = model(torch.from_numpy((x - np.array(mean, np.float32)) / np.array(std, np.float32))
                        .permute(0, 3, 1, 2)).argmax(1).numpy()
-    result = evaluate.analyse_model(pair, images, labels, tmp_path, preprocess=external.Preprocess(mean, std),
-                                    rhos=(0.0, 1.0), eps=(0.03,), pgd_steps=2, strong_restarts=1, square_queries=0,
-                                    batch_size=8, heatmap_eps=0, apgd_steps=0, spectra=False, recalibrate_bn="no")
-    rows = {r["name"]: r for r in result["rows"]}
-    assert rows["rho=0"]["clean"] == 1.0  # labels are the torch model's own predictions, normalised the same way
-    assert rows["rho=1"]["roughness"] < rows["rho=0"]["roughness"]
+    result = evaluate.analyse_model(
+        pair, images, labels, tmp_path, preprocess=external.Preprocess(mean, std),
+        evaluation=dict(rhos=(0.0, 1.0), batch_size=8, recalibrate_bn="no"), spectra=dict(enabled=False),
+        robustness=dict(eps=(0.03,), pgd_steps=2, strong_restarts=1, square_queries=0))
+    rows = {r.name: r for r in result["robustness"]}
+    assert rows["rho=0"].clean == 1.0  # labels are the torch model's own predictions, normalised the same way
+    assert rows["rho=1"].roughness < rows["rho=0"].roughness
     assert (tmp_path / "robustness.md").exists() and (tmp_path / "frequency.md").exists()
 
 
@@ -124,10 +125,8 @@ def test_wrong_architecture_and_unreadable_file_are_one_line(tmp_path):
         torch_weights.load(tmp_path / "missing.pt", "resnet18")
 
 
-def test_command_line_reads_a_torch_file(tmp_path, root, subprocess_env):
+def test_command_line_reads_a_torch_file(tmp_path, run_cli):
     import json
-    import subprocess
-    import sys
 
     model = randomised(WideResNet(10, 1))  # small: the command line compiles the whole grid for it
     torch.save(model.state_dict(), tmp_path / "wrn.pt")
@@ -135,15 +134,14 @@ def test_command_line_reads_a_torch_file(tmp_path, root, subprocess_env):
     with torch.no_grad():
         labels = model(torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)).argmax(1).numpy()
     np.savez(tmp_path / "data.npz", images=images, labels=labels)
-    base = [sys.executable, "-m", "hfcjax.evaluate", "--data", str(tmp_path / "data.npz"), "--out",
-            str(tmp_path / "report"), "--eps", "0.03", "--pgd_steps", "1", "--restarts", "1", "--square_queries", "0",
-            "--batch_size", "6", "--rho", "0", "--heatmap_eps", "0", "--apgd_steps", "0", "--nospectra"]
-    proc = subprocess.run(base + ["--torch_weights", str(tmp_path / "wrn.pt"), "--arch", "wrn"],
-                          cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    base = ["--data", tmp_path / "data.npz", "--out", tmp_path / "report", "--config.evals.robustness.eps=(0.03,)",
+            "--config.evals.robustness.pgd_steps=1", "--config.evals.robustness.strong_restarts=1",
+            "--config.evals.robustness.square_queries=0", "--config.evaluation.batch_size=6",
+            "--config.evaluation.rhos=(0,)", "--config.evals.spectra.enabled=False"]
+    code, _, err = run_cli(evaluate.main, *base, "--torch_weights", tmp_path / "wrn.pt", "--arch", "wrn")
+    assert code == 0, err[-2000:]
     assert json.loads((tmp_path / "report" / "robustness.json").read_text())["rows"][0]["clean"] == 1.0
     for extra, message in (([], "--torch_weights needs --arch"), (["--arch", "resnet50"], "(it converts as --arch wrn)")):
-        bad = subprocess.run(base + ["--torch_weights", str(tmp_path / "wrn.pt"), *extra], cwd=root,
-                             env=subprocess_env, capture_output=True, text=True, timeout=300)
-        errors = [line for line in bad.stderr.splitlines() if line.startswith("error: ")]
-        assert bad.returncode == 2 and len(errors) == 1 and message in errors[0], bad.stderr[-2000:]
+        code, _, err = run_cli(evaluate.main, *base, "--torch_weights", tmp_path / "wrn.pt", *extra)
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert code == 2 and len(errors) == 1 and message in errors[0], err[-2000:]

@@ -1,0 +1,288 @@
+"""What every evaluator shares: the interface, the inputs of an evaluation, the fused
+per-batch pass, and the progress of a grid.
+
+An evaluator is built from its config section (``config.evals.NAME``) and the model's
+``apply_fn(variables, images) -> logits``; ``run(inputs)`` returns a structured result
+(row dataclasses, a report dataclass, arrays), ``markdown(result)`` its Markdown and
+``write(result, out_dir, inputs)`` the files named after it. Nothing here knows a run
+directory or a config file.
+
+`BatchEvaluator`s are sums over batches of images (robustness, band, spectra): the ones
+enabled together run fused in one compiled call per batch (the variables are arguments, so
+a whole rho grid compiles once), and share what they compute in a `BatchContext`: the
+clean predictions and the adversarial examples of every attack, so the spectra of the
+robustness attacks cost no second attack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hfcjax import backend, data, measure, reports, sharding, writers
+from hfcjax.errors import UserError
+
+ApplyFn = Callable[[Any, jnp.ndarray], jnp.ndarray]
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelVariant:
+    """One version of the model an evaluation scores: the first-layer kernels smoothed with
+    `rho` (Eq. 3; 0 = as trained), BatchNorm statistics re-estimated or not. `kernel` is the
+    first smoothed kernel (None for a model without parameters)."""
+
+    name: str
+    rho: float
+    bn_reestimated: bool
+    variables: Any
+    kernel: Optional[np.ndarray] = None
+    roughness: Optional[float] = None
+
+
+@dataclasses.dataclass
+class Inputs:
+    """What an evaluation runs on: the model as given (`variables`), its `variants`, uint8
+    images ``[N, H, W, C]`` with integer labels, the radii of the paper's split for this
+    image size, and where finished pieces are kept (`partial`, None: nowhere)."""
+
+    variables: Any
+    variants: List[ModelVariant]
+    images: np.ndarray
+    labels: np.ndarray
+    radii: Tuple[float, ...]
+    inclusive: bool = True
+    class_names: Sequence[str] = ()
+    partial: Optional[reports.PartialResults] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """Settings every evaluator of one evaluation shares (``config.evaluation``)."""
+
+    batch_size: int = 200
+    seed: int = 0
+    log: Log = print
+
+
+class Evaluator:
+    """The interface. Subclasses set `name` (their config section) and `stage` (the order of
+    an evaluation: model checks, per-batch attacks, heat maps, frequency report)."""
+
+    name: ClassVar[str] = ""
+    stage: ClassVar[int] = 1
+
+    def __init__(self, apply_fn: ApplyFn, cfg: ml_collections.ConfigDict, shared: Shared = Shared()):
+        self.apply_fn, self.cfg, self.shared, self.log = apply_fn, cfg, shared, shared.log
+
+    def run(self, inputs: Inputs) -> Any:
+        raise NotImplementedError
+
+    def markdown(self, result: Any) -> str:
+        """The result as Markdown (a table, or a line naming the figure)."""
+        raise NotImplementedError
+
+    def write(self, result: Any, out_dir, inputs: Inputs) -> None:
+        """Writes this evaluator's files (named after it) into `out_dir`."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- the fused per-batch pass
+
+
+class BatchContext:
+    """One traced batch: the model's logits function, the images in [0, 1], labels, the 0/1
+    mask of padded rows and this batch's key; the clean predictions, and every attack's
+    adversarial examples with their per-example correctness (`attacks`, in the order added)."""
+
+    def __init__(self, logits_fn, x, labels, mask, key):
+        self.logits_fn, self.x, self.labels, self.mask, self.key = logits_fn, x, labels, mask, key
+        self.attacks: Dict[str, Tuple[jnp.ndarray, jnp.ndarray]] = {}
+        self._clean_ok = None
+
+    def correct(self, images) -> jnp.ndarray:
+        return jnp.argmax(self.logits_fn(images), -1) == self.labels
+
+    @property
+    def clean_ok(self) -> jnp.ndarray:
+        if self._clean_ok is None:
+            self._clean_ok = self.correct(self.x)
+        return self._clean_ok
+
+    def count(self, ok) -> jnp.ndarray:
+        """Sum over the batch's real rows (the last axis)."""
+        return jnp.sum(ok * self.mask, axis=-1)
+
+    def add_attack(self, name: str, adv, ok) -> None:
+        self.attacks[name] = (adv, ok)
+
+
+class BatchEvaluator(Evaluator):
+    """Numbers that are sums over batches. `args()` are its arrays for the compiled call
+    (e.g. eps, so a new eps never changes the program); `batch_sums(ctx, args)` the sums of
+    one batch; `row(variant, sums, n, seconds)` the finished row of one model variant.
+    `reads_attacks`: it reads other evaluators' attacks from the context, so it runs after them."""
+
+    reads_attacks: ClassVar[bool] = False
+
+    def args(self) -> Dict[str, Any]:
+        return {}
+
+    def batch_sums(self, ctx: BatchContext, args) -> Any:
+        raise NotImplementedError
+
+    def row(self, variant: ModelVariant, sums: Dict[str, np.ndarray], n: int, seconds: float) -> Any:
+        raise NotImplementedError
+
+    def run(self, inputs: Inputs) -> List[Any]:
+        return run_fused([self], inputs)[self.name]
+
+
+def to_json(row) -> Dict:
+    return dataclasses.asdict(row)
+
+
+def run_fused(evaluators: Sequence[BatchEvaluator], inputs: Inputs) -> Dict[str, List[Any]]:
+    """{name: [row per variant]} of `evaluators` run together: one compiled call per batch,
+    every variant's rows kept in `inputs.partial` as they finish (and read back from it)."""
+    evaluators = sorted(evaluators, key=lambda e: e.reads_attacks)  # producers of attacks first
+    shared = evaluators[0].shared
+    fused = _FusedPass(evaluators, shared)
+    progress = GridProgress(len(inputs.variants), len(inputs.images), shared.log)
+    out: Dict[str, List[Any]] = {e.name: [] for e in evaluators}
+    for variant in inputs.variants:
+        kept = progress.kept_or_run(variant.name, inputs.partial, lambda: {
+            name: to_json(row) for name, row in fused.rows(variant, inputs, progress).items()})
+        for e in evaluators:
+            out[e.name].append(type(e).Row(**kept[e.name]))
+    return out
+
+
+class _FusedPass:
+    def __init__(self, evaluators: Sequence[BatchEvaluator], shared: Shared):
+        self.evaluators, self.shared = list(evaluators), shared
+        self.mesh = sharding.make_mesh()
+        self.batch_size = -(-shared.batch_size // self.mesh.size) * self.mesh.size
+        repl, self.batch_sh = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
+        apply_fn = evaluators[0].apply_fn
+
+        def sums(variables, images_u8, labels, mask, key, args):
+            ctx = BatchContext(lambda z: apply_fn(variables, z), measure.to_unit(images_u8), labels, mask, key)
+            return {e.name: e.batch_sums(ctx, args[e.name]) for e in self.evaluators}
+
+        self.sums = jax.jit(sums, in_shardings=(repl, self.batch_sh, self.batch_sh, self.batch_sh, repl, repl),
+                            out_shardings=repl, compiler_options=backend.eval_compiler_options())
+        self.args = {e.name: e.args() for e in self.evaluators}
+        self.compiled = False
+
+    def rows(self, variant: ModelVariant, inputs: Inputs, progress: "GridProgress") -> Dict[str, Any]:
+        n, start, total = len(inputs.images), time.time(), None
+        if not self.compiled:
+            self.shared.log("  compiling the attacks (once for every row; the first batch waits for it)")
+            self.compiled = True
+        for b, (x, y, m) in enumerate(data.batches(inputs.images, inputs.labels, self.batch_size, shuffle=False,
+                                                   drop_remainder=False)):
+            x, y, m = sharding.global_batch(self.batch_sh, x, y, m)
+            counts = self.sums(variant.variables, x, y, m, jax.random.PRNGKey(self.shared.seed + b), self.args)
+            total = jax.block_until_ready(counts if total is None else jax.tree.map(jnp.add, total, counts))
+            progress.advance(min((b + 1) * self.batch_size, n) - min(b * self.batch_size, n),
+                             f"{variant.name}: batch {b + 1}")
+        total = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(total))
+        seconds = round(time.time() - start, 2)
+        return {e.name: e.row(variant, total[e.name], n, seconds) for e in self.evaluators}
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class GridProgress:
+    """Progress of a grid of evaluations (every row over the same images): one line per
+    batch with the images done over the whole grid and the ETA of the whole grid. The rate
+    is measured from the end of the first batch on, so compilation does not skew it."""
+
+    def __init__(self, rows: int, images: int, log: Log = print, what: str = "grid"):
+        self.total, self.done, self.images, self.log, self.what = rows * images, 0, images, log, what
+        self.throughput, self.steady = writers.Throughput(), False  # steady: measured after the first batch
+
+    def skip(self, images: int) -> None:
+        """A row read back from an earlier run: it leaves the work to do."""
+        self.total -= images
+
+    def kept_or_run(self, name: str, partial: Optional[reports.PartialResults], run: Callable[[], Any]) -> Any:
+        """Row `name`: read back from `partial` when an interrupted run kept it (said, and left
+        out of the ETA), else `run()`, kept in `partial` as soon as it is done."""
+        value = partial.get(name) if partial else None
+        if value is not None:
+            self.log(f"  {name}: read back from the interrupted run ({partial.folder})")
+            self.skip(self.images)
+            return value
+        value = run()
+        if partial:
+            partial.put(name, value)
+        return value
+
+    def advance(self, images: int, label: str) -> None:
+        now, self.done = time.time(), self.done + images
+        rate = self.throughput.rate(self.done, now)
+        eta = self.throughput.seconds_left(self.total - self.done, rate)
+        note = "" if self.steady else " (first batch, compilation included)"
+        if not self.steady:
+            self.throughput.restart(self.done, now)
+            self.steady = True
+        self.log(f"  {label} | {self.what} {self.done}/{self.total} images | {rate:,.1f} img/s{note} | "
+                 f"ETA {writers.format_seconds(eta)} for the whole {self.what}")
+
+
+def mean_spectrum(sums: np.ndarray, counts: np.ndarray):
+    """Mean spectrum per eps (or one), None where no perturbation succeeded."""
+    if sums.ndim == 1:
+        return (sums / counts).tolist() if counts > 0 else None
+    return [(s / c).tolist() if c > 0 else None for s, c in zip(sums, counts)]
+
+
+def per_eps_columns(key: str, eps: Sequence[float], markdown: Optional[str], csv_name: str) -> List[reports.Column]:
+    """One column per eps of a list-valued field: Markdown 'MD eps', CSV 'CSV_eps'."""
+    return [reports.field(key, markdown and f"{markdown} {v:g}", f"{csv_name}_{v:g}", index=i)
+            for i, v in enumerate(eps)]
+
+
+# Checks of a section's values: each message starts with the key; the registry puts
+# 'config.evals.NAME.' in front.
+
+
+def check_int(section, key: str, low: int) -> None:
+    value = section[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{key} must be an integer >= {low}, got {value!r}.")
+
+
+def check_eps(section, key: str) -> None:
+    eps = list(section[key])
+    if not eps or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in eps):
+        raise UserError(f"{key}: eps values must lie in [0.0, 1.0] (pixels are in [0, 1]), got {eps}.")
+
+
+def check_fraction(section, key: str) -> None:
+    if not 0 < section[key] <= 1:
+        raise UserError(f"{key} must be in (0, 1], got {section[key]!r}.")
+
+
+def check_number(section, key: str, low: float = 0.0, strict: bool = False) -> None:
+    value = section[key]
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if strict else value >= low))
+    if not ok:
+        raise UserError(f"{key} must be a finite number {'>' if strict else '>='} {low:g}, "
+                         f"got {value!r}.")
+
+
+def variant_columns() -> List[reports.Column]:
+    """The columns that name a row's model variant."""
+    return [reports.field("name", "model", "model", fmt=str), reports.field("rho"), reports.field("bn_reestimated")]
