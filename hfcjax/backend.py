@@ -60,7 +60,7 @@ HEATMAP_UNROLL_MAX = 64  # chunks; beyond it a CPU runs the scan rolled (bounded
 
 
 def heatmap_unroll(chunks: int):
-    """Choice 5 (heatmap): how far to unroll the scan over chunks of Fourier bases. Every
+    """Choice 4 (heatmap): how far to unroll the scan over chunks of Fourier bases. Every
     chunk on a CPU, where any rolled loop around the model's convolutions ran it about 1.6-2x
     slower (as for PGD), up to HEATMAP_UNROLL_MAX chunks so that program size and memory stay
     bounded for any image size; none on accelerators."""
@@ -68,14 +68,14 @@ def heatmap_unroll(chunks: int):
 
 
 def heatmap_group(num_bases: int) -> int:
-    """Choice 6 (evaluation's heat map): bases per compiled call. On a CPU fixed groups of
+    """Choice 5 (evaluation's heat map): bases per compiled call. On a CPU fixed groups of
     64 (the scan inside is unrolled, so a group bounds the program's size and memory, and
     every group reuses one compilation); on accelerators all bases in one call."""
     return 64 if is_cpu() else num_bases
 
 
 def use_huge_pages() -> None:
-    """Choice 4 (entry points): restart this process once with glibc's malloc asking for
+    """Choice 6 (entry points): restart this process once with glibc's malloc asking for
     transparent huge pages.
 
     XLA:CPU allocates every large buffer with malloc, which maps fresh 4 KiB pages; huge
@@ -98,7 +98,7 @@ def use_huge_pages() -> None:
 def start_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                       process_id: Optional[int] = None, *, heartbeat_timeout_s: int = 100,
                       initialization_timeout_s: int = 300) -> None:
-    """Choice 6: JAX's multi-process runtime, `jax.distributed.initialize`, with explicit
+    """Choice 7: JAX's multi-process runtime, `jax.distributed.initialize`, with explicit
     values or (all None) its auto-detection on TPU pods, SLURM, GKE, Open MPI.
 
     CPU processes exchange collectives through gloo (XLA:CPU has none across processes

@@ -5,7 +5,8 @@ it, with progress and an ETA; the file is renamed to `dest` only when one of `ch
 accepts it, and deleted otherwise, so a corrupt or truncated download is never used.
 `extract_tar(archive, into)` unpacks an archive into a folder atomically (a temporary
 folder renamed into place), refusing members that would land outside it.
-`base_url(default)` is the mirror named by ``$HFCJAX_DATA_URL`` or `default`.
+The mirror named by ``$HFCJAX_DATA_URL`` (`URL_VARIABLE`) replaces a dataset's canonical host
+(`data.fetch` reads it).
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ class Check:
                 return hashing.stream_sha256(f) == self.sha256
         except (OSError, EOFError):  # truncated or not gzip at all
             return False
-
-
-def base_url(default: str) -> str:
-    return os.environ.get(URL_VARIABLE, "").rstrip("/") or default
 
 
 def fetch(url: str, dest: Path, checks: Sequence[Check], log: Callable[[str], None] = print) -> Path:

@@ -109,13 +109,16 @@ def load_images(path: str) -> Tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise UserError(f"--data {path} has no {' and no '.join(missing)} array (it has {list(f.keys())}).")
             images, labels = f["images"], f["labels"]
-    except (OSError, EOFError) as e:
-        raise UserError(f"--data {path} cannot be read as .npz ({e}).") from None
+    except (OSError, EOFError, ValueError) as e:  # ValueError: not an .npz of arrays (numpy's pickle refusal)
+        raise UserError(f"--data {path} cannot be read as an .npz of arrays with keys images and labels "
+                        f"({type(e).__name__}).") from None
     if images.ndim != 4:
         raise UserError(f"--data images must be [N, H, W, C], got shape {images.shape}.")
     if images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
         raise UserError(f"--data images look channels-first {images.shape}; store them as [N, H, W, C] "
                          "(np.transpose(x, (0, 2, 3, 1))). --layout is the model's input layout, not the data's.")
+    if not len(images):
+        raise UserError(f"--data {path} holds no images (shape {images.shape}).")
     if images.dtype != np.uint8:
         if not np.issubdtype(images.dtype, np.floating):
             raise UserError(f"--data images must be uint8 or floats in [0, 1], got dtype {images.dtype}.")

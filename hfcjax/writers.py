@@ -72,7 +72,10 @@ class TensorboardWriter(MetricWriter):
 
     def write_images(self, step, images):
         for key, image in images.items():
-            self._writer.add_image(key, np.asarray(image), step, dataformats="HWC" if np.ndim(image) == 3 else "NHWC")
+            if np.ndim(image) == 4:  # a batch: tensorboard's add_images
+                self._writer.add_images(key, np.asarray(image), step, dataformats="NHWC")
+            else:
+                self._writer.add_image(key, np.asarray(image), step, dataformats="HWC")
 
     def write_hparams(self, hparams):
         self._writer.add_text("hparams", json.dumps(dict(hparams), default=str), 0)

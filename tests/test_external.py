@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from hfcjax import data, evaluate, external
+from hfcjax.errors import UserError
 
 MEAN, STD = (0.3,), (0.35,)
 USER_MODULE = textwrap.dedent("""
@@ -108,10 +109,15 @@ def test_bad_models_and_data_are_one_line(user_module, fashion, tmp_path):
              "layout": dict(images=np.transpose(images, (0, 3, 1, 2)), labels=labels)}
     messages = {"lengths": "has 40 images but 5 labels", "range": r"float images must lie in \[0, 1\]",
                 "layout": "look channels-first"}
+    cases["empty"] = dict(images=images[:0], labels=labels[:0])
+    messages["empty"] = "holds no images"
     for name, arrays in cases.items():
         np.savez(tmp_path / f"{name}.npz", **arrays)
-        with pytest.raises(ValueError, match=messages[name]):
+        with pytest.raises(UserError, match=messages[name]):
             external.load_images(str(tmp_path / f"{name}.npz"))
+    (tmp_path / "pickle.npz").write_bytes(__import__("pickle").dumps({"images": 1}))
+    with pytest.raises(UserError, match="cannot be read as an .npz of arrays with keys images and labels"):
+        external.load_images(str(tmp_path / "pickle.npz"))
 
 
 def test_command_line_with_your_own_model(user_module, fashion, tmp_path, run_cli):

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import List
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from hfcjax import attacks, reports
 from hfcjax.evaluators import common
@@ -56,9 +54,6 @@ class Row:
 class Evaluator(common.BatchEvaluator):
     name = "band"
     Row = Row
-
-    def args(self):
-        return {"eps": jnp.asarray(np.asarray(self.cfg.eps, np.float32))}
 
     def batch_sums(self, ctx: common.BatchContext, args):
         c = self.cfg

@@ -133,7 +133,8 @@ class BatchEvaluator(Evaluator):
     reads_attacks: ClassVar[bool] = False
 
     def args(self) -> Dict[str, Any]:
-        return {}
+        """The section's `eps` as an array (when it has one): an argument, not a constant."""
+        return {"eps": jnp.asarray(np.asarray(self.cfg.eps, np.float32))} if "eps" in self.cfg else {}
 
     def batch_sums(self, ctx: BatchContext, args) -> Any:
         raise NotImplementedError

@@ -15,7 +15,6 @@ from typing import List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from hfcjax import attacks, plots, reports
 from hfcjax.evaluators import common
@@ -65,9 +64,6 @@ class Row:
 class Evaluator(common.BatchEvaluator):
     name = "robustness"
     Row = Row
-
-    def args(self):
-        return {"eps": jnp.asarray(np.asarray(self.cfg.eps, np.float32))}
 
     def batch_sums(self, ctx: common.BatchContext, args):
         c, x, y, fn = self.cfg, ctx.x, ctx.labels, ctx.logits_fn
