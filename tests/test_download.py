@@ -103,6 +103,7 @@ def test_a_truncated_download_is_detected_deleted_and_reported(mirror, tmp_path)
 
 
 def test_offline_is_one_line_saying_where_to_put_the_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HFCJAX_DOWNLOAD", "1")  # downloads on, the only host a closed 127.0.0.1 port
     with socket_closed() as port:
         monkeypatch.setenv("HFCJAX_DATA_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HFCJAX_CACHE_DIR", str(tmp_path / "cache"))
@@ -138,7 +139,7 @@ def test_the_test_session_stops_at_once_without_data(tmp_path, root):
         pytest.skip(f"this machine has datasets in {data.SYSTEM_DIR}")
     with socket_closed() as port:
         env = {**os.environ, "HFCJAX_DATA_URL": f"http://127.0.0.1:{port}", "HFCJAX_CACHE_DIR": str(tmp_path / "c"),
-               "HFCJAX_DATA_DIR": str(tmp_path / "empty")}
+               "HFCJAX_DATA_DIR": str(tmp_path / "empty"), "HFCJAX_DOWNLOAD": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_frequency.py", "-q", "-p", "no:cacheprovider"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
