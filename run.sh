@@ -40,7 +40,7 @@ case "$cmd" in
     [ $# -gt 0 ] && shift
     setup test
     WORKDIR="${WORKDIR:-runs/fashion_mnist_cnn}"
-    echo "hfcjax: training the MNIST CNN on Fashion-MNIST (data: ${HFCJAX_DATA_DIR:-tfds}) into $WORKDIR"
+    echo "hfcjax: training the MNIST CNN on Fashion-MNIST (data: ${HFCJAX_DATA_DIR:-the published files, downloaded once into ${HFCJAX_CACHE_DIR:-~/.cache/hfcjax}}) into $WORKDIR"
     "$VENV/bin/python" -m hfcjax.main --config configs/fashion_mnist_cnn.py --workdir "$WORKDIR" "$@"
     if "$VENV/bin/python" -c "from hfcjax import data; data.load('cifar10', 'test', source='files')" 2>/dev/null; then
       "$VENV/bin/python" -m hfcjax.plots --dataset cifar10 --out "$WORKDIR/figures/cifar10_split_examples.png"

@@ -7,7 +7,7 @@ import os
 import jax
 
 from benchmarks.common import best_time, on_gpu
-from hfcjax import config as config_lib, data, sharding, train
+from hfcjax import config as config_lib, data, sharding, steps, train
 
 
 def bench_config(batch_size, dtype, steps):
@@ -22,7 +22,7 @@ def step_inputs(batch_size, dtype, steps, workdir):
     """A real Trainer, its initial state and metric accumulator, and one real CIFAR batch on device."""
     trainer = train.Trainer(bench_config(batch_size, dtype, steps), workdir)
     state = trainer.init()
-    totals = jax.device_put(train.zero_totals(), trainer.repl)
+    totals = jax.device_put(steps.zero_totals(), trainer.repl)
     images, labels, _ = next(data.batches(trainer.train_images, trainer.train_labels, batch_size, epoch=0))
     x, y = sharding.global_batch(trainer.batch_sh, images, labels)
     return trainer, state, totals, x, y

@@ -24,9 +24,12 @@ newest intact one, saying so. Saves are synchronous, so a failed save stops the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import datetime
+import functools
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -45,7 +48,9 @@ BEST_METRIC = measure.metric_name("test", measure.ORIGINAL)  # the best checkpoi
 
 
 def _best_metric(metrics) -> float:
-    return metrics[BEST_METRIC]
+    """An epoch without test accuracy (config.evals.accuracy.every_epochs > 1 or 0) is never the best."""
+    value = metrics.get(BEST_METRIC)
+    return float("-inf") if value is None else value
 
 
 class CheckpointError(UserError):
@@ -157,16 +162,37 @@ class TrainingCheckpoints:
         {"params", "batch_stats"}, `train` = {"step", "opt_state", "rng"}, the config and
         the history as JSON. A failure raises CheckpointError at once."""
         try:
-            self._manager.save(epoch, metrics={BEST_METRIC: history[-1][BEST_METRIC]}, args=ocp.args.Composite(**{
+            self._manager.save(epoch, metrics={BEST_METRIC: history[-1].get(BEST_METRIC)}, args=ocp.args.Composite(**{
                 MODEL: ocp.args.StandardSave(model), TRAIN: ocp.args.StandardSave(train),
                 CONFIG: ocp.args.JsonSave(config), HISTORY: ocp.args.JsonSave(history)}))
             self._manager.wait_until_finished()
             if jax.process_index() == 0:
                 write_checksums(self.directory / str(epoch))
         except Exception as e:  # noqa: BLE001 - any failure of the save is reported the same way
+            self._remove_unfinished(epoch)
             raise CheckpointError(f"saving the checkpoint of epoch {epoch} to {self.directory} failed "
-                                  f"({_short(e)}); no metrics were written for that epoch. Free disk space or fix "
-                                  "the folder's permissions, then rerun the same command to resume.") from None
+                                  f"({_short(e)}); its unfinished files were removed, the earlier checkpoints are "
+                                  "intact and no metrics were written for that epoch. Free disk space or fix the "
+                                  "folder's permissions, then rerun the same command to resume.") from None
+
+    def _remove_unfinished(self, epoch: int) -> None:
+        """Orbax's temporary folders of `epoch`, and the epoch's folder when it has no checksums."""
+        try:  # the other items' writes may still be running in orbax's threads
+            self._manager.wait_until_finished()
+        except Exception:  # noqa: BLE001 - the save already failed; what matters is what is left on disk
+            pass
+        if jax.process_index() != 0:
+            return
+        for _ in range(20):  # a write still in flight can recreate the folder: until it stays gone
+            left = list(self.directory.glob(f"{epoch}.orbax-checkpoint-tmp*"))
+            if not left:
+                break
+            for path in left:
+                shutil.rmtree(path, ignore_errors=True)
+            time.sleep(0.05)
+        final = self.directory / str(epoch)
+        if final.is_dir() and not (final / CHECKSUMS).exists():
+            shutil.rmtree(final, ignore_errors=True)
 
     def restore(self, epoch: int, *, model: Dict[str, Any], train: Dict[str, Any]
                 ) -> Tuple[Dict, Dict, Dict, List[Dict]]:
@@ -243,12 +269,13 @@ def _choose(manager, directory: Path, which: Union[str, int]) -> int:
         raise CheckpointError(f"{directory} holds no finished checkpoint: train at least one epoch first.")
     if str(which) == "latest":
         return max(steps)
-    if str(which) == "best":  # by the history's test accuracy (works for every checkpoint ever written)
+    if str(which) == "best":  # by test accuracy: the newest intact history, and metrics.jsonl beside it
         source = next((e for e in sorted(steps, reverse=True)
                        if verify(directory / str(e), READ_BY_EVALUATION) is None), max(steps))
         history = _read(directory, source, lambda: manager.restore(
             source, args=ocp.args.Composite(**{HISTORY: ocp.args.JsonRestore()}))[HISTORY])
-        accuracy = {r["epoch"]: r[BEST_METRIC] for r in history}
+        accuracy = {r["epoch"]: r[BEST_METRIC] for r in [*history, *_metric_records(directory.parent / "metrics.jsonl")]
+                    if BEST_METRIC in r and "epoch" in r}  # a corrupt newest epoch is still in metrics.jsonl
         return max(steps, key=lambda e: (accuracy.get(e, float("-inf")), e))
     chosen = int(which)
     if chosen not in steps:
@@ -256,38 +283,53 @@ def _choose(manager, directory: Path, which: Union[str, int]) -> int:
     return chosen
 
 
+def _metric_records(path: Path) -> List[Dict]:
+    """The readable lines of a run's metrics.jsonl (none when it is missing)."""
+    records = []
+    for line in (path.read_text().splitlines() if path.is_file() else []):
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return [r for r in records if isinstance(r, dict)]
+
+
 READ_BY_EVALUATION = (MODEL, CONFIG, HISTORY)
+# Read-only, with every option orbax would otherwise reset (and warn about, on each evaluation) already off.
+READ_ONLY = functools.partial(ocp.CheckpointManagerOptions, read_only=True, create=False, save_interval_steps=0,
+                              max_to_keep=None, cleanup_tmp_directories=False)
 
 
 def _intact(manager, directory: Path, epoch: int, which, log: Callable[[str], None]) -> int:
-    """`epoch` when the files evaluation reads pass verification; for latest/best the newest
-    intact one before it (said in a line); otherwise a CheckpointError naming the problem."""
+    """`epoch` when the files evaluation reads pass verification; for latest the newest intact
+    one before it (said through `log`); a corrupt best or chosen epoch is a CheckpointError
+    naming the problem (evaluating another epoch as 'best' would be a silent substitute)."""
     problem = verify(directory / str(epoch), READ_BY_EVALUATION)
     if problem is None:
         return epoch
-    if str(which) in ("latest", "best"):
-        for older in sorted((e for e in manager.all_steps() if e < epoch), reverse=True):
-            if verify(directory / str(older), READ_BY_EVALUATION) is None:
-                log(f"the checkpoint of epoch {epoch} is corrupt ({problem}); using epoch {older}, the newest intact "
-                    "one before it")
-                return older
-    raise CheckpointError(f"the checkpoint of epoch {epoch} in {directory} is corrupt ({problem}) and no older "
-                          f"intact checkpoint is {'left' if str(which) in ('latest', 'best') else 'chosen'}; "
-                          f"checkpoints: {manager.all_steps()}.")
+    intact = [e for e in manager.all_steps() if verify(directory / str(e), READ_BY_EVALUATION) is None]
+    if str(which) == "latest":
+        older = [e for e in intact if e < epoch]
+        if older:
+            log(f"the checkpoint of epoch {epoch} is corrupt ({problem}); using epoch {max(older)}, the newest "
+                "intact one before it")
+            return max(older)
+    advice = f"evaluate one of the intact epochs {sorted(intact)} with --epoch N" if intact else "no intact one is left"
+    raise CheckpointError(f"the {'best ' if str(which) == 'best' else ''}checkpoint of epoch {epoch} in {directory} "
+                          f"is corrupt ({problem}); {advice}.")
 
 
 def restore_model(workdir, which: Union[str, int] = "latest", log: Callable[[str], None] = print
                   ) -> Tuple[ml_collections.ConfigDict, Any, Dict, int]:
     """(config, model, variables, epoch) of a training run: only the model variables and the
     saved config are read, never the optimizer state. `which` is latest, best or an epoch;
-    its files are verified first, and a corrupt latest/best falls back to the newest intact
-    checkpoint before it (said through `log`)."""
+    its files are verified first: a corrupt latest falls back to the newest intact checkpoint
+    before it (said through `log`, which evaluation also puts in its report); a corrupt best
+    or chosen epoch is refused."""
     directory = RunDir(workdir).checkpoints
     if not directory.is_dir():
         raise CheckpointError(f"no checkpoints in {directory}: train first with "
                               f"`python -m hfcjax.main --config ... --workdir {workdir}`.")
     manager = ocp.CheckpointManager(directory, item_names=(MODEL, CONFIG, HISTORY),
-                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+                                    options=READ_ONLY())
     try:
         epoch = _intact(manager, directory, _choose(manager, directory, which), which, log)
         config = ml_collections.ConfigDict(_read(directory, epoch, lambda: manager.restore(

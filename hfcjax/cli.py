@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from hfcjax import backend
 from hfcjax.errors import UserError
@@ -74,7 +75,7 @@ def parse_flags(argv: List[str], flag_values=None) -> List[str]:
     from absl import flags
 
     with flag_errors():
-        return (flag_values or flags.FLAGS)(argv)
+        return (flags.FLAGS if flag_values is None else flag_values)(argv)
 
 
 @contextlib.contextmanager
@@ -106,36 +107,76 @@ def define_distributed_flags(flag_values=None) -> None:
     default to the environment variables `hfcjax.launch` (or a job script) sets."""
     from absl import flags
 
-    env, fv = os.environ.get, flag_values or flags.FLAGS
+    env, fv = os.environ.get, flags.FLAGS if flag_values is None else flag_values
     flags.DEFINE_bool("distributed", False, "Start JAX's multi-process runtime first (several hosts, or one process "
                       "per accelerator). Without the three values below JAX detects TPU pods, SLURM, GKE, Open MPI.",
                       flag_values=fv)
     flags.DEFINE_string("coordinator_address", env("JAX_COORDINATOR_ADDRESS"), "host:port of process 0's coordinator "
                         "($JAX_COORDINATOR_ADDRESS).", flag_values=fv)
-    flags.DEFINE_integer("num_processes", int(env("JAX_NUM_PROCESSES", 0)) or None,
-                         "Processes in the job ($JAX_NUM_PROCESSES).", flag_values=fv)
-    flags.DEFINE_integer("process_id", int(env("JAX_PROCESS_ID")) if env("JAX_PROCESS_ID") else None,
-                         "This process's index, 0 .. num_processes - 1 ($JAX_PROCESS_ID).", flag_values=fv)
-    flags.DEFINE_integer("heartbeat_timeout", int(env("HFCJAX_HEARTBEAT_TIMEOUT", 100)),
-                         "Seconds without a heartbeat after which a process counts as dead and the job stops.",
+    flags.DEFINE_integer("num_processes", None, "Processes in the job (default $JAX_NUM_PROCESSES).", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1 (default $JAX_PROCESS_ID).",
                          flag_values=fv)
+    flags.DEFINE_integer("heartbeat_timeout", None, "Seconds without a heartbeat after which a process counts as dead "
+                         "and the job stops (default $HFCJAX_HEARTBEAT_TIMEOUT, else 100).", flag_values=fv)
+
+
+def env_int(name: str, low: int = 0) -> Optional[int]:
+    """An integer environment variable (None when unset or empty), or one line saying what is wrong."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low:
+        fail(f"${name}={text!r} is not an integer >= {low}: set it to one (hfcjax.launch sets it for each process) "
+             "or unset it.")
+    return value
+
+
+def _distributed_values(F):
+    """(coordinator address, process count, process id, heartbeat seconds): flags first, then
+    the environment `hfcjax.launch` (or a job script) sets."""
+    pick = lambda flag, name, low: flag if flag is not None else env_int(name, low)
+    heartbeat = pick(F.heartbeat_timeout, "HFCJAX_HEARTBEAT_TIMEOUT", 1)
+    return (F.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None,
+            pick(F.num_processes, "JAX_NUM_PROCESSES", 1), pick(F.process_id, "JAX_PROCESS_ID", 0),
+            100 if heartbeat is None else heartbeat)
+
+
+def check_port_free(address: str) -> None:
+    """One line when process 0's coordinator port is taken (JAX itself would crash on it)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        fail(f"--coordinator_address {address!r} must be host:port.")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", int(port)))
+        except OSError as e:
+            fail(f"the coordinator address {address} cannot be served here ({e.strerror or e}): another job holds "
+                 "that port; choose a free one (hfcjax.launch picks one when --port is 0).")
 
 
 def start_distributed(flag_values=None) -> None:
     """Starts the multi-process runtime when --distributed was given (after flag parsing)."""
     from absl import flags
 
-    F = flag_values or flags.FLAGS
+    F = flags.FLAGS if flag_values is None else flag_values
     if not F.distributed:
         return
-    explicit = (F.coordinator_address, F.num_processes, F.process_id)
+    address, processes, process_id, heartbeat = _distributed_values(F)
+    explicit = (address, processes, process_id)
     if any(v is not None for v in explicit) and None in explicit:
         fail("give --coordinator_address, --num_processes and --process_id together (or none of them, to let JAX "
              "detect a TPU pod, SLURM, GKE or Open MPI).")
-    if F.process_id is not None and not 0 <= F.process_id < F.num_processes:
-        fail(f"--process_id {F.process_id} must lie in [0, {F.num_processes}).")
+    if process_id is not None and not 0 <= process_id < processes:
+        fail(f"--process_id {process_id} must lie in [0, {processes}).")
+    if process_id == 0:
+        check_port_free(address)
     try:
-        backend.start_distributed(*explicit, heartbeat_timeout_s=F.heartbeat_timeout)
+        backend.start_distributed(*explicit, heartbeat_timeout_s=heartbeat)
     except Exception as e:  # noqa: BLE001 - what JAX raises when it cannot reach the coordinator
         fail(f"cannot start the multi-process runtime ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
              "check --coordinator_address and that every process was started.")

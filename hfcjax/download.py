@@ -22,13 +22,29 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from hfcjax import hashing
 from hfcjax.errors import UserError
 
 URL_VARIABLE = "HFCJAX_DATA_URL"
-TIMEOUT_S = 30
+TIMEOUT_S = 30  # a connection that sends nothing for this long fails
+DEADLINE_VARIABLE = "HFCJAX_DOWNLOAD_DEADLINE"
+DEADLINE_S = 1800.0  # a whole file (a server that sends a byte every few seconds never trips TIMEOUT_S)
+
+
+def deadline_s() -> float:
+    """Seconds a whole download may take: $HFCJAX_DOWNLOAD_DEADLINE, else DEADLINE_S."""
+    text = os.environ.get(DEADLINE_VARIABLE, "").strip()
+    if not text:
+        return DEADLINE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise DownloadError(f"${DEADLINE_VARIABLE}={text!r} must be a number of seconds > 0.")
+    return value
 
 
 class DownloadError(UserError):
@@ -53,9 +69,13 @@ class Check:
             return False
 
 
-def fetch(url: str, dest: Path, checks: Sequence[Check], log: Callable[[str], None] = print) -> Path:
-    """Downloads `url` to `dest` unless `dest` exists; verified by `checks` (any one)."""
+def fetch(url: str, dest: Path, checks: Sequence[Check], log: Callable[[str], None] = print,
+          deadline: Optional[float] = None) -> Path:
+    """Downloads `url` to `dest` unless `dest` exists; verified by `checks` (any one). The
+    whole download must finish within `deadline` seconds (default `deadline_s()`) and no read
+    may wait more than TIMEOUT_S; otherwise the partial file is removed and it says so."""
     dest = Path(dest)
+    deadline = deadline_s() if deadline is None else deadline
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -81,10 +101,15 @@ def fetch(url: str, dest: Path, checks: Sequence[Check], log: Callable[[str], No
     try:
         h = hashlib.sha256()
         with response, open(tmp, "wb") as out:
-            while chunk := response.read(1 << 20):
+            while chunk := response.read1(1 << 20):  # returns what has arrived: the deadline is checked
                 out.write(chunk)
                 h.update(chunk)
                 progress(len(chunk))
+                if time.time() - start > deadline:
+                    raise DownloadError(f"download of {url} took longer than {deadline:g}s ({done} bytes so far, "
+                                        f"{done / max(time.time() - start, 1e-9):,.0f} B/s); the partial file was "
+                                        f"deleted. Try again, another mirror (${URL_VARIABLE}) or a longer "
+                                        f"${DEADLINE_VARIABLE}")
         raw = h.hexdigest()
         if size and done != size:
             raise DownloadError(f"download of {url} is truncated ({done} of {size} bytes); it was deleted, try again")

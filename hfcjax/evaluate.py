@@ -12,11 +12,13 @@ analysis in ``config.evals`` (`hfcjax.evaluators`: robustness, band, spectra, he
 frequency, checks), each with ``enabled``. A run is evaluated with the settings saved with
 it unless ``--config FILE`` gives others; ``--config.`` overrides apply on top. The model
 variables come from `checkpoints.restore_model` (never the optimizer state); the files
-under DIR/eval/ (or --out) are written only after everything is computed.
+under DIR/eval/ (or --out) are written only after everything is computed, and the folder
+is locked (`LOCK`) while an evaluation works in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from functools import partial
@@ -27,9 +29,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from hfcjax import (checkpoints, config as config_lib, data, evaluators, external, hashing, plots, reports, sharding,
-                    torch_weights)
+from hfcjax import (checkpoints, config as config_lib, data, evaluators, external, hashing, locks, plots, reports,
+                    sharding, torch_weights)
 from hfcjax.evaluators import common, variants as variants_lib
+
+
+LOCK = ".hfcjax-evaluation.lock"  # in the output folder: one evaluation at a time
 
 
 def log(message: str) -> None:
@@ -67,7 +72,9 @@ def evaluate(workdir, config: Optional[ml_collections.ConfigDict] = None, *, epo
     the files under DIR/eval/. Settings: those saved with the run, or `config`'s (a whole
     config: its ``evaluation`` and ``evals``), with `sections` overriding keys by section
     (``evaluation={"rhos": (0.0,)}, robustness={"eps": (0.05,)}``)."""
-    run_config, model, variables, epoch = checkpoints.restore_model(workdir, str(epoch))
+    notes = []  # a corrupt latest checkpoint: which one was evaluated instead goes into the report
+    run_config, model, variables, epoch = checkpoints.restore_model(workdir, str(epoch),
+                                                                    log=lambda m: (log(m), notes.append(m)))
     cfg = config_lib.evaluation_config(config if config is not None else run_config, **sections)
     e = cfg.evaluation
     images, labels = load_split(run_config, e, "test")
@@ -80,7 +87,8 @@ def evaluate(workdir, config: Optional[ml_collections.ConfigDict] = None, *, epo
     return analyse(lambda v, x: model.apply(v, x, train=False), variables, images, labels,
                    checkpoints.RunDir(workdir).eval, cfg, radii=run_config.track_radii,
                    inclusive=run_config.inclusive, class_names=data.get_spec(run_config.dataset).class_names,
-                   recalibrate=recalibrate, about={"workdir": str(workdir), "checkpoint_epoch": epoch})
+                   recalibrate=recalibrate, about={"workdir": str(workdir), "checkpoint_epoch": epoch,
+                                                   **({"checkpoint_notes": notes} if notes else {})})
 
 
 def analyse_model(model, images, labels, out_dir=None, *, variables=None, preprocess=None, radii=None,
@@ -110,7 +118,7 @@ def analyse(apply_fn, variables, images, labels, out_dir, cfg: ml_collections.Co
     """The enabled evaluators of `cfg` on `apply_fn(variables, x)` and its rho variants;
     files into `out_dir` (when given), only after everything is computed."""
     e, about = cfg.evaluation, about or {}
-    settings = {k: v for k, v in cfg.to_dict().items()}
+    settings = cfg.to_dict()
     settings["evaluation"] = {k: v for k, v in settings["evaluation"].items() if k != "data_dir"}
     sharding.check_same_everywhere(options=json.dumps(settings, sort_keys=True, default=str),
                                    code=sharding.code_version())  # a job's processes must run the same grid
@@ -118,21 +126,23 @@ def analyse(apply_fn, variables, images, labels, out_dir, cfg: ml_collections.Co
         images, labels = images[:e.num_examples], labels[:e.num_examples]
     built = evaluators.build(cfg.evals, apply_fn, common.Shared(batch_size=e.batch_size, seed=e.seed, log=log))
     log(f"{len(images)} images; rho {list(e.rhos)}; evaluators " + ", ".join(ev.name for ev in built))
-    saved = None
-    if out_dir is not None and jax.process_count() == 1:  # finished rows survive an interruption; a rerun skips them
-        saved = reports.PartialResults(out_dir, {
-            "options": settings, "radii": list(radii), "inclusive": inclusive, "about": about,
-            "model": digest(variables), "images": digest((images, labels))})
-        if saved.stale:
-            log(f"settings, model or images changed since the interrupted run: its rows in {saved.folder} were removed")
-    inputs = common.Inputs(variables, variants_lib.model_variants(variables, rhos=e.rhos, layers=e.layers,
-                                                                  recalibrate=recalibrate),
-                           images, labels, tuple(float(r) for r in radii), inclusive, tuple(class_names), saved)
-    evaluation = Evaluation(about, cfg, len(images), evaluators.run_all(built, inputs), {ev.name: ev for ev in built})
-    if out_dir is not None and jax.process_index() == 0:  # one writer in a multi-process job
-        write(Path(out_dir), evaluation, inputs)
-    if saved:
-        saved.finish()
+    owner = jax.process_index() == 0 and out_dir is not None
+    with locks.WorkdirLock(Path(out_dir) / LOCK, log, "evaluation folder", "--out") if owner else \
+            contextlib.nullcontext():  # two evaluations of one folder would remove each other's rows
+        saved = None
+        if out_dir is not None and jax.process_count() == 1:  # finished rows survive an interruption
+            saved = reports.PartialResults(out_dir, {
+                "options": settings, "radii": list(radii), "inclusive": inclusive, "about": about,
+                "model": digest(variables), "images": digest((images, labels))}, log)
+        inputs = common.Inputs(variables, variants_lib.model_variants(variables, rhos=e.rhos, layers=e.layers,
+                                                                      recalibrate=recalibrate),
+                               images, labels, tuple(float(r) for r in radii), inclusive, tuple(class_names), saved)
+        evaluation = Evaluation(about, cfg, len(images), evaluators.run_all(built, inputs),
+                                {ev.name: ev for ev in built})
+        if owner:  # one writer in a multi-process job
+            write(Path(out_dir), evaluation, inputs)
+        if saved:
+            saved.finish()
     return evaluation
 
 
@@ -147,7 +157,8 @@ def write(out_dir: Path, evaluation: Evaluation, inputs: common.Inputs) -> None:
     reports.write_json(out_dir / "evaluation.json", {**evaluation.about, "num_examples": evaluation.num_examples,
                                                      "evaluators": list(evaluation.results),
                                                      "config": evaluation.config.to_dict()})
-    report = evaluation.markdown()
+    report = "\n\n".join([*(f"**Note:** {n}" for n in evaluation.about.get("checkpoint_notes", ())),
+                            evaluation.markdown()])
     reports.atomic_write(out_dir / "report.md", report + "\n")
     log("\n" + report + f"\n\nwritten to {out_dir}/")
 

@@ -90,10 +90,20 @@ def run(command: Sequence[str], processes: int, *, cpu_devices: int = 0, one_acc
             time.sleep(0.1)
         for t in relays:
             t.join(timeout=5)
-        return status or next((p.returncode for p in procs if p.returncode), 0)
+        return exit_status(status or next((p.returncode for p in procs if p.returncode), 0))
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def exit_status(returncode: int) -> int:
+    """A child's status as a shell reports it: killed by signal N (Popen's -N) is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def is_distributed(command: Sequence[str]) -> bool:
+    return any(a in ("--distributed", "--distributed=true", "--distributed=True", "--distributed=1")
+               for a in command)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -112,6 +122,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = argv[split + 1:]
     if args.processes < 1 or not command:
         print("error: --processes must be >= 1 and a command must follow --", file=sys.stderr)
+        return 2
+    if args.processes > 1 and not is_distributed(command):
+        print(f"error: the command has no --distributed: its {args.processes} processes would be {args.processes} "
+              "independent runs writing into one workdir. Add --distributed (hfcjax.main and hfcjax.evaluate read "
+              "the coordinator this launcher sets).", file=sys.stderr)
         return 2
     return run(command, args.processes, cpu_devices=args.cpu_devices, one_accelerator_each=args.one_accelerator_each,
                port=args.port, grace=args.grace)

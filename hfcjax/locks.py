@@ -26,8 +26,9 @@ class WorkdirLock:
     live owner, or one on another host (which cannot be checked from here), is refused.
     """
 
-    def __init__(self, path, log: Callable[[str], None] = print):
+    def __init__(self, path, log: Callable[[str], None] = print, what: str = "workdir", flag: str = "--workdir"):
         self.path, self.log, self.held = Path(path), log, False
+        self.what, self.flag = what, flag  # how messages name the folder and the flag that chooses another
 
     def __enter__(self) -> "WorkdirLock":
         me = {"host": socket.gethostname(), "pid": os.getpid(),
@@ -46,9 +47,9 @@ class WorkdirLock:
                 self.held = True
                 return self
         except OSError as e:
-            raise WorkdirBusy(f"cannot write to the workdir {self.path.parent} ({e.strerror or e}): "
-                                  "choose a writable --workdir.") from None
-        raise WorkdirBusy(f"could not take {self.path}; another run is starting in the same workdir.")
+            raise WorkdirBusy(f"cannot write to the {self.what} {self.path.parent} ({e.strerror or e}): "
+                              f"choose a writable {self.flag}.") from None
+        raise WorkdirBusy(f"could not take {self.path}; another job is starting in the same {self.what}.")
 
     def _check_owner(self, host: str) -> None:
         try:
@@ -60,9 +61,9 @@ class WorkdirLock:
             self.log(f"taking over the stale lock {self.path} of pid {pid} (no longer running)")
             self.path.unlink(missing_ok=True)
             return
-        raise WorkdirBusy(f"the workdir {self.path.parent} is in use by pid {pid} on host {owner_host} since "
-                          f"{owner.get('started')}: wait for that run, choose another --workdir, or delete "
-                          f"{self.path} if that run is gone.")
+        raise WorkdirBusy(f"the {self.what} {self.path.parent} is in use by pid {pid} on host {owner_host} since "
+                          f"{owner.get('started')}: wait for that job, choose another {self.flag}, or delete "
+                          f"{self.path} if that job is gone.")
 
     def __exit__(self, *exc) -> None:
         if self.held:

@@ -86,6 +86,14 @@ def metric_name(split: str, variant: Variant) -> str:
     return f"{split}_acc" if variant == ORIGINAL else f"{split}_{variant.name}"
 
 
+def evaluator_metric(split: str, evaluator: str, key: str, eps: Optional[float] = None) -> str:
+    """The metrics.jsonl name of an evaluator's value tracked during training, e.g.
+    ``test_robustness_pgd_eps0.03`` or ``test_robustness_worst_case``."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}.")
+    return f"{split}_{evaluator}_{key}" + ("" if eps is None else f"_eps{eps:g}")
+
+
 def flat_metrics(accuracy: Mapping[str, Mapping[Variant, float]]) -> Dict[str, float]:
     """{split: {Variant: value}} -> the flat names of metrics.jsonl."""
     return {metric_name(split, v): value for split, values in accuracy.items() for v, value in values.items()}
@@ -138,7 +146,11 @@ def to_unit(images):
 def variant_counts(logits_fn, images_u8, labels, mask, radii, *, inclusive: bool = True):
     """Correct counts ``[1 + 2R]`` in the order of `tracked_variants(radii)`. `radii` is an
     array, so new radii never recompile."""
-    x = to_unit(images_u8)
+    return variant_counts_unit(logits_fn, to_unit(images_u8), labels, mask, radii, inclusive=inclusive)
+
+
+def variant_counts_unit(logits_fn, x, labels, mask, radii, *, inclusive: bool = True):
+    """`variant_counts` of images already in [0, 1]."""
     lows, highs = jax.vmap(lambda r: frequency.split(x, r, inclusive=inclusive))(radii)
 
     def correct(v):

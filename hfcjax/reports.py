@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime
 import dataclasses
 import io
 import json
@@ -69,16 +70,37 @@ class PartialResults:
 
     FOLDER = ".partial"
 
-    def __init__(self, directory: Union[str, Path], fingerprint: Mapping[str, Any]):
-        self.folder = Path(directory) / self.FOLDER
+    def __init__(self, directory: Union[str, Path], fingerprint: Mapping[str, Any],
+                 log: Callable[[str], None] = print):
+        self.folder, self.log = Path(directory) / self.FOLDER, log
         text = json.dumps(fingerprint, sort_keys=True, default=str)
         self.key = hashing.text_sha256(text)[:16]
         manifest = self.folder / "fingerprint.json"
-        self.stale = manifest.exists() and json.loads(manifest.read_text()).get("key") != self.key
+        kept = self._kept_key(manifest)
+        self.stale = kept is not None and kept != self.key
         if self.stale:
             shutil.rmtree(self.folder)
+            log(f"settings, model or images changed since the interrupted run: its rows in {self.folder} were "
+                "removed")
         if not manifest.exists():
             write_json(manifest, {"key": self.key, "fingerprint": json.loads(text)})
+
+    def _kept_key(self, manifest: Path) -> Optional[str]:
+        """The key the kept pieces were computed under (None: none kept). A damaged manifest
+        (a killed write, a full disk) sets the folder aside, named, and nothing is read back."""
+        if not self.folder.exists():
+            return None
+        try:
+            key = json.loads(manifest.read_text())["key"]
+            if isinstance(key, str):
+                return key
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        target = self.folder.with_name(f"corrupt_partial-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
+        shutil.move(str(self.folder), str(target))
+        self.log(f"{manifest} is damaged (unreadable JSON or no key): moved the kept rows to {target}; "
+                 "recomputing them")
+        return None
 
     def _path(self, name: str, suffix: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "=.-" else "_" for c in name)
@@ -89,7 +111,11 @@ class PartialResults:
         for suffix in (".json", ".npy"):
             path = self._path(name, suffix)
             if path.exists():
-                return json.loads(path.read_text()) if suffix == ".json" else np.load(path)
+                try:
+                    return json.loads(path.read_text()) if suffix == ".json" else np.load(path)
+                except (OSError, ValueError, EOFError) as e:  # damaged: recomputed (and rewritten)
+                    self.log(f"{path} is damaged ({type(e).__name__}); recomputing {name}")
+                    path.unlink(missing_ok=True)
         return None
 
     def put(self, name: str, value: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Dict, List, Sequence, Tuple
 import jax
 import ml_collections
 
-from hfcjax import config as config_lib, evaluate as evaluate_lib, measure, plots, reports, train
+from hfcjax import config as config_lib, evaluate as evaluate_lib, measure, plots, reports, steps, train
 from hfcjax.errors import UserError
 
 RADII = (4, 8, 12, 16)
@@ -86,7 +86,7 @@ def final_row(name: str, history: Sequence[Dict], radii) -> Dict:
     """The report's row of one run: its last epoch's accuracies and the time it took."""
     last = history[-1]
     test = measure.accuracies(last, "test", measure.tracked_variants(radii))
-    row = {"run": name, "epochs": last["epoch"], "train acc (own inputs)": last[train.BATCH_ACCURACY],
+    row = {"run": name, "epochs": last["epoch"], "train acc (own inputs)": last[steps.BATCH_ACCURACY],
            "train acc": measure.accuracies(last, "train", [measure.ORIGINAL])[measure.ORIGINAL],
            "test acc": test[measure.ORIGINAL]}
     for r in radii:

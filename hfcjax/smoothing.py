@@ -68,8 +68,10 @@ def selected_paths(params, layers: Sequence[str] = DEFAULT_LAYERS) -> List[Tuple
              if getattr(v, "ndim", 0) == 4 and any(p.search(path_string(k)) for p in patterns)]
     if not found:
         convs = [path_string(k) for k, v in flat.items() if getattr(v, "ndim", 0) == 4]
+        hint = (f"; select them with config.evaluation.layers, e.g. --config.evaluation.layers='(\"^{convs[0]}$\",)'"
+                if convs else "; this model has no 4-D convolution kernel to smooth: use rho 0 only")
         raise UserError(f"no convolution kernel matches {list(layers)}; kernels in this model: {convs[:8]}"
-                         f"{' ...' if len(convs) > 8 else ''}")
+                        f"{' ...' if len(convs) > 8 else ''}{hint}")
     return found
 
 

@@ -154,13 +154,6 @@ def train_step(state: TrainState, totals, images_u8, labels, *, model, tx, optio
     return new_state, totals
 
 
-def eval_step(variables, images_u8, labels, mask, radii, *, model, inclusive: bool):
-    """Correct counts of the original images and their LFC and HFC at every radius
-    (`measure.tracked_variants` order), in one compiled pass."""
-    logits_fn = lambda v: model.apply(variables, v, train=False)
-    return measure.variant_counts(logits_fn, images_u8, labels, mask, radii, inclusive=inclusive)
-
-
 def summarize(totals, epoch: int) -> Dict[str, float]:
     """Host-side {loss, BATCH_ACCURACY} of the totals; stops the run at the first non-finite loss."""
     if int(totals["bad_step"]) != NO_BAD_STEP:

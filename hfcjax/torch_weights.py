@@ -59,9 +59,17 @@ def load(path, arch: str, **options) -> Tuple[Any, Dict]:
     except FileNotFoundError:
         raise UserError(f"{path}: no such file (point at the .pt/.pth file your model was saved to).") from None
     except Exception as e:  # noqa: BLE001 - whatever torch raises for a file it cannot read
-        first = (str(e).strip().splitlines() or [""])[0][:200]
+        text = str(e)
+        if "weights only load failed" in text.lower():  # torch's advice (weights_only=False) is not ours to give
+            detail = [line.strip() for line in text.split("WeightsUnpickler error:")[-1].splitlines() if line.strip()]
+            if "global" in (detail[0].lower() if detail else ""):  # a class torch may not build without running code
+                raise UserError(f"{path} holds pickled Python objects besides tensors (a whole model, or custom "
+                                "classes); hfcjax reads only a state_dict, without executing anything: save it with "
+                                "torch.save(model.state_dict(), path).") from None
+            text = detail[0] if detail else "not a PyTorch file"
+        first = (text.strip().splitlines() or [""])[0][:200]
         raise UserError(f"{path}: torch.load cannot read it ({type(e).__name__}: {first}); save the weights with "
-                         "torch.save(model.state_dict(), path), not the pickled model.") from None
+                        "torch.save(model.state_dict(), path), not the pickled model.") from None
     return convert(state, arch, **options)
 
 

@@ -20,14 +20,13 @@ import time
 from typing import Dict, List, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from hfcjax import checkpoints, config as config_lib, data, locks, measure, models, plots, sharding, writers
-from hfcjax.steps import (BATCH_ACCURACY, NO_BAD_STEP, StepOptions, TrainingError, TrainState, eval_step,  # noqa: F401
-                          init_state, make_optimizer, summarize, train_step, zero_totals)
+from hfcjax import checkpoints, config as config_lib, data, evaluators, locks, measure, models, plots, sharding, writers
+from hfcjax.evaluators import common
+from hfcjax.steps import StepOptions, TrainState, init_state, make_optimizer, summarize, train_step, zero_totals
 from hfcjax.errors import UserError
 
 CONSOLE_KEYS = (*(measure.metric_name(split, measure.ORIGINAL) for split in measure.SPLITS),
@@ -78,6 +77,39 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- one run
 
 
+class Tracking:
+    """The periodic evaluation of a run: the evaluators with ``config.evals.NAME.every_epochs
+    > 0`` (by default `accuracy`: x, LFC and HFC every epoch), due in epochs that are a
+    multiple of it, on the first `eval_train_subset` training images and on the test set.
+    One compiled pass per set of evaluators due together, kept for the whole run."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model, train_set, test_set):
+        shared = common.Shared(batch_size=config.eval_batch_size, seed=config.evaluation.seed, log=log)
+        apply_fn = lambda variables, x: model.apply(variables, x, train=False)
+        self.evaluators = evaluators.build_tracking(config.evals, apply_fn, shared)
+        self.sets = {"train": train_set, "test": test_set}
+        self.radii, self.inclusive = tuple(float(r) for r in config.track_radii), bool(config.inclusive)
+        self.passes: Dict[Tuple[str, ...], common.FusedPass] = {}
+
+    def __call__(self, state: TrainState, epoch: int) -> Dict[str, float]:
+        """metrics.jsonl values of the evaluators due after `epoch` (train split first)."""
+        due = [e for e in self.evaluators if epoch % e.cfg.every_epochs == 0]
+        if not due:
+            return {}
+        names = tuple(e.name for e in due)
+        if names not in self.passes:
+            self.passes[names] = common.FusedPass(due, progress=False)
+        variables = checkpoints.variables_of(state.params, state.batch_stats)
+        variant = common.ModelVariant("model", 0.0, False, variables)
+        metrics: Dict[str, float] = {}
+        for split, (images, labels) in self.sets.items():
+            inputs = common.Inputs(variables, [variant], images, labels, self.radii, self.inclusive)
+            rows = self.passes[names].run(inputs)
+            for e in due:
+                metrics.update(e.scalars(rows[e.name][0], split))
+        return metrics
+
+
 class Trainer:
     """One run's data, mesh, compiled steps and run directory."""
 
@@ -104,11 +136,10 @@ class Trainer:
                                  options=StepOptions.from_config(config, self.spec.num_classes))
         self.train_step = jax.jit(step, in_shardings=(self.state_sharding, totals_sharding, self.batch_sh,
                                                       self.batch_sh),
-                                  out_shardings=(self.state_sharding, totals_sharding), donate_argnums=(0, 1))
-        self.eval_step = jax.jit(functools.partial(eval_step, model=self.model, inclusive=config.inclusive),
-                                 in_shardings=(self.repl, self.batch_sh, self.batch_sh, self.batch_sh, self.repl),
-                                 out_shardings=self.repl)
-        self.radii = jnp.asarray(np.asarray(config.track_radii, np.float32))
+                                  out_shardings=(self.state_sharding, totals_sharding), donate_argnums=(0,))
+        self.tracking = Tracking(config, self.model, data.subset(self.train_images, self.train_labels,
+                                                                 config.eval_train_subset),
+                                 (self.test_images, self.test_labels))
         self.steps_per_epoch = data.steps_per_epoch(len(self.train_images), config.batch_size, True)
         if self.steps_per_epoch == 0:
             raise UserError(f"config.batch_size={config.batch_size} is larger than the training set "
@@ -124,24 +155,6 @@ class Trainer:
             perm = np.random.default_rng([c.seed, 12345]).permutation(len(self.train_labels))
             self.train_labels = self.train_labels[perm]
 
-    def evaluate(self, state: TrainState, images, labels) -> Dict[measure.Variant, float]:
-        """Accuracy on `images` and their LFC/HFC at every tracked radius."""
-        variables = checkpoints.variables_of(state.params, state.batch_stats)
-        total = None
-        for batch, lab, mask in data.batches(images, labels, self.config.eval_batch_size, shuffle=False,
-                                             drop_remainder=False):
-            x, y, m = sharding.global_batch(self.batch_sh, batch, lab, mask)
-            counts = self.eval_step(variables, x, y, m, self.radii)
-            total = counts if total is None else total + counts
-        total = np.asarray(jax.device_get(total), np.float64) / len(images)
-        return dict(zip(measure.tracked_variants(self.config.track_radii), total.tolist()))
-
-    def epoch_metrics(self, state) -> Dict[str, float]:
-        """The flat metrics.jsonl names of train and test accuracy on every tracked variant."""
-        eval_train = data.subset(self.train_images, self.train_labels, self.config.eval_train_subset)
-        return measure.flat_metrics({"train": self.evaluate(state, *eval_train),
-                                     "test": self.evaluate(state, self.test_images, self.test_labels)})
-
     def train_epoch(self, state, epoch: int, progress: writers.ReportProgress, ckpt: checkpoints.TrainingCheckpoints,
                     start_step: int = 0, totals=None) -> Tuple[TrainState, Dict]:
         """One epoch of steps (from `start_step`, with the epoch's `totals` so far, after a
@@ -153,7 +166,11 @@ class Trainer:
                                                              seed=c.seed, epoch=epoch, start_step=start_step),
                                                 start=start_step):
             x, y = sharding.global_batch(self.batch_sh, images, labels)
+            previous = totals
             state, totals = self.train_step(state, totals, x, y)
+            # At most one step in flight (the one just dispatched): a signal stops the run after the
+            # step running when it arrived or the next one, not after a queue of dispatched steps.
+            jax.block_until_ready(previous)
             signum = self.agreed_stop()
             if signum:
                 self.stop_at(signum, ckpt, state, totals, epoch, i + 1)
@@ -253,7 +270,7 @@ class Trainer:
                 state, summary = self.train_epoch(state, epoch, progress, ckpt, start_step, totals)
                 start_step, totals = 0, None
                 train_seconds, eval_start = time.time() - start, time.time()
-                metrics = self.epoch_metrics(state)
+                metrics = self.tracking(state, epoch)
                 progress.end_epoch(time.time() - eval_start)
                 history.append({"epoch": epoch, "step": int(jax.device_get(state.step)), **summary, **metrics,
                                 "train_seconds": round(train_seconds, 3),

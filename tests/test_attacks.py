@@ -289,9 +289,116 @@ def test_apgd_bad_input():
 def test_apgd_on_a_two_class_linear_model_reaches_the_closed_form_corner():
     """With logits [0, <w, x> + b] the cross-entropy's gradient sign is -s * sign(w) for every
     step (s = +1 for label 1); APGD's first step (2 eps) lands on the corner x - s eps sign(w)
-    of the eps-box and nothing beats it."""
+    of the eps-box and nothing beats it. Images misclassified to begin with are returned as
+    they are: the first misclassified iterate is the start (AutoAttack's rule)."""
     weight, images, labels, logits_fn = two_class_linear(seed=6)
     eps = 0.05  # no pixel reaches 0 or 1
-    adv = attacks.apgd(logits_fn, images, labels, eps, steps=10, loss="ce")
+    result = attacks.apgd_run(logits_fn, images, labels, eps, steps=10, loss="ce")
     signs = np.where(labels == 1, -1.0, 1.0)[:, None, None, None]
-    np.testing.assert_allclose(adv, images + eps * signs * np.sign(weight), atol=1e-6)
+    wrong = (np.argmax(np.asarray(logits_fn(images)), -1) != labels)[:, None, None, None]
+    assert 0 < wrong.sum() < len(labels)
+    want = np.where(wrong, images, images + eps * signs * np.sign(weight))
+    np.testing.assert_allclose(result.adv, want, atol=1e-6)
+    assert np.all(np.asarray(result.success)[wrong[:, 0, 0, 0]])
+
+
+def test_negative_step_sizes_query_counts_and_pixels_outside_0_1_are_refused():
+    f = lambda x: x.reshape(x.shape[0], -1)[:, :3]
+    x, y = jnp.full((2, 4, 4, 1), 0.5), jnp.array([0, 1])
+    with pytest.raises(ValueError, match=r"^step_size must be > 0, got -0.01"):
+        attacks.pgd(f, x, y, 0.1, step_size=-0.01, steps=2)
+    with pytest.raises(ValueError, match=r"^queries must be an integer >= 0, got -1"):
+        attacks.square(f, x, y, 0.1, key=jax.random.key(0), queries=-1)
+    with pytest.raises(ValueError, match=r"^images must lie in \[0, 1\] .* from 0 to 255\. Divide uint8 pixels by 255"):
+        attacks.fgsm(f, x.at[0, 0, 0, 0].set(255.0).at[1].set(0.0), y, 0.1)
+    with pytest.raises(ValueError, match=r"^images must lie in \[0, 1\]"):
+        attacks.pgd(f, x - 1.0, y, 0.1, step_size=0.01, steps=1)
+    # Traced values are the caller's (a jitted grid over eps): not checked, and no error.
+    assert jax.jit(lambda s: attacks.pgd(f, x, y, 0.1, step_size=s, steps=1))(0.01).shape == x.shape
+
+
+def linear_problem(seed=0, n=64, classes=10):
+    """A linear model on 4x4x3 images near 0.5 (no [0, 1] clip binds at small eps) and, per
+    image, the smallest L-inf and L2 perturbations that misclassify it (closed form:
+    min over classes t of margin_t / ||w_y - w_t||, dual norms L1 and L2)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(48, classes))
+    images = (0.5 + 0.02 * rng.normal(size=(n, 4, 4, 3))).astype(np.float32)
+    logits = images.reshape(n, -1).astype(np.float64) @ w
+    labels = np.argmax(logits, -1)
+    diff = w[:, labels].T[:, :, None] - w[None, :, :]  # [n, 48, classes]: w_y - w_t
+    gap = logits[np.arange(n), labels][:, None] - logits  # margin_t >= 0
+    other = np.arange(classes)[None, :] != labels[:, None]
+    gap, diff = np.where(other, gap, 1.0), np.where(other[:, None, :], diff, 1.0)  # the true class is left out
+    linf = np.where(other, gap / np.abs(diff).sum(1), np.inf).min(1)
+    l2 = np.where(other, gap / np.sqrt((diff ** 2).sum(1)), np.inf).min(1)
+    fn = lambda x: x.reshape(x.shape[0], -1) @ jnp.asarray(w, jnp.float32)
+    return fn, jnp.asarray(images), jnp.asarray(labels.astype(np.int32)), linf, l2
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_t_breaks_exactly_the_images_within_the_closed_form_minimal_perturbation(norm):
+    fn, x, y, linf, l2 = linear_problem()
+    minimal = linf if norm == "linf" else l2
+    eps = float(np.median(minimal))
+    result = jax.jit(lambda x, y: attacks.apgd_targeted(fn, x, y, eps, steps=20, norm=norm))(x, y)
+    success = np.asarray(result.success)
+    adv = np.asarray(result.adv)
+    np.testing.assert_array_equal(success, np.argmax(np.asarray(fn(adv)), -1) != np.asarray(y))  # the flag is true
+    assert not success[minimal > eps * 1.001].any()  # no attack can break these
+    assert success[minimal < eps * 0.97].all()  # a sound targeted attack breaks these
+    delta = (adv - np.asarray(x)).reshape(len(adv), -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt((delta ** 2).sum(1))
+    assert (size <= eps * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_keeps_a_misclassified_iterate_and_reports_success(loss):
+    """AutoAttack's rule: an image counts as broken when any iterate misclassifies it; the
+    returned point is then misclassified (never a later higher-loss point that is not)."""
+    fn, x, y, linf, _ = linear_problem(seed=1)
+    eps = float(np.median(linf))
+    result = attacks.apgd_run(fn, x, y, eps, steps=15, loss=loss, key=jax.random.key(0))
+    success = np.asarray(result.success)
+    np.testing.assert_array_equal(success, np.argmax(np.asarray(fn(result.adv)), -1) != np.asarray(y))
+    assert not success[linf > eps * 1.001].any() and success.mean() > 0.3
+    two = attacks.restarts(attacks.apgd_run, 2)(fn, x, y, eps, steps=15, loss=loss, key=jax.random.key(0))
+    singles = [attacks.apgd_run(fn, x, y, eps, steps=15, loss=loss, key=k).success
+               for k in jax.random.split(jax.random.key(0), 2)]
+    np.testing.assert_array_equal(two.success, np.asarray(singles[0]) | np.asarray(singles[1]))  # any run breaks it
+    with pytest.raises(ValueError, match="loss 'dlr_targeted' needs targets"):
+        attacks.apgd_run(fn, x, y, eps, loss="dlr_targeted")
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), norm=st.sampled_from(["linf", "l2"]))
+def test_fab_projection_is_the_closed_form_minimal_step_inside_the_box(seed, norm):
+    """min ||d|| s.t. w.(p + d) = b: d = c sign(w) / ||w||_1 (L-inf), c w / ||w||^2 (L2),
+    for a point deep inside [0, 1] and a plane close to it; the box is always respected."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=20)
+    p = 0.5 + 0.05 * rng.uniform(-1, 1, size=20)
+    c = 0.01 * rng.normal()
+    d = np.asarray(attacks.project_hyperplane(jnp.asarray(p, jnp.float32), jnp.asarray(w, jnp.float32),
+                                              jnp.asarray(w @ p + c, jnp.float32), norm), np.float64)
+    want = c * np.sign(w) / np.abs(w).sum() if norm == "linf" else c * w / (w @ w)
+    np.testing.assert_allclose(d, want, atol=2e-6)
+    far = np.asarray(attacks.project_hyperplane(jnp.asarray(p, jnp.float32), jnp.asarray(w, jnp.float32),
+                                                jnp.asarray(w @ p + 100.0, jnp.float32), norm))
+    assert np.all(p + far >= -1e-6) and np.all(p + far <= 1 + 1e-6)  # unreachable plane: as close as the box allows
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_finds_the_closed_form_minimal_perturbation_of_a_linear_model(norm):
+    fn, x, y, linf, l2 = linear_problem(seed=2, n=32)
+    minimal = linf if norm == "linf" else l2
+    eps = float(np.median(minimal))
+    for targeted in (False, True):
+        result = (attacks.fab_targeted if targeted else attacks.fab)(fn, x, y, eps, norm=norm, steps=20)
+        success, adv = np.asarray(result.success), np.asarray(result.adv)
+        np.testing.assert_array_equal(success, np.argmax(np.asarray(fn(adv)), -1) != np.asarray(y))
+        assert not success[minimal > eps * 1.001].any() and success[minimal < eps * 0.95].all()
+        found = -np.asarray(result.loss)[success]
+        assert np.all(found >= minimal[success] * (1 - 1e-4))  # nothing beats the closed form
+        if not targeted:  # FAB heads for the nearest boundary: within its 5% overshoot of the minimum
+            assert np.all(found <= minimal[success] * 1.06)

@@ -78,3 +78,58 @@ def test_console_scripts_run_the_entry_points(script, args, message, root, subpr
     assert path.exists(), f"{script} is not installed: pip install -e . (./run.sh does)"
     out = subprocess.run([str(path), *args], cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-1500:]
+
+
+def distributed_flags(*args):
+    from absl import flags
+
+    fv = flags.FlagValues()
+    cli.define_distributed_flags(fv)
+    fv(["prog", *args])
+    return fv
+
+
+@pytest.mark.parametrize("name, value", [("JAX_NUM_PROCESSES", "abc"), ("JAX_PROCESS_ID", "-1"),
+                                         ("HFCJAX_HEARTBEAT_TIMEOUT", "1.5")])
+def test_a_bad_process_environment_variable_is_one_line(monkeypatch, capsys, name, value):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    monkeypatch.setenv(name, value)
+    fv = distributed_flags("--distributed")  # defining and parsing the flags never reads them
+    with pytest.raises(SystemExit) as stop:
+        cli.start_distributed(fv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: ${name}={value!r} is not an integer") and "\n" not in err
+
+
+def test_a_coordinator_port_in_use_is_one_line_before_jax_starts(monkeypatch, capsys):
+    import socket
+
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cli.backend, "start_distributed", lambda *a, **k: pytest.fail("JAX was started"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        fv = distributed_flags("--distributed", f"--coordinator_address={address}", "--num_processes=2",
+                               "--process_id=0")
+        with pytest.raises(SystemExit) as stop:
+            cli.start_distributed(fv)
+    assert stop.value.code == 2
+    assert f"the coordinator address {address} cannot be served here" in capsys.readouterr().err
+
+
+def test_the_launcher_refuses_a_command_without_distributed_and_passes_signal_statuses(capsys, tmp_path):
+    from hfcjax import launch
+
+    marker = tmp_path / "started"
+    code = launch.main(["--processes", "2", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"])
+    assert code == 2 and not marker.exists()  # refused before starting anything
+    assert "has no --distributed" in capsys.readouterr().err
+    assert launch.exit_status(-9) == 137 and launch.exit_status(3) == 3 and launch.exit_status(0) == 0
+    killed = launch.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], 1,
+                        grace=1)
+    assert killed == 137

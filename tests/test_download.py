@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from hfcjax import data, download, hashing
 class Handler(http.server.SimpleHTTPRequestHandler):
     requests = []
     cut = set()  # paths whose body is cut in half after a full Content-Length
+    trickle = set()  # paths sent one byte every 0.2 s
 
     def log_message(self, *args):
         pass
@@ -33,6 +35,18 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body[: len(body) // 2])
+            return
+        if self.path in Handler.trickle:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:  # the client gave up
+                pass
             return
         super().do_GET()
 
@@ -52,7 +66,7 @@ def mirror(tmp_path, data_dir, monkeypatch):
         spec, remote=dataclasses.replace(spec.remote, files=(("cifar-10-python.tar.gz", (check,)),))))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    Handler.requests, Handler.cut = [], set()
+    Handler.requests, Handler.cut, Handler.trickle = [], set(), set()
     monkeypatch.setenv("HFCJAX_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setenv("HFCJAX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HFCJAX_DOWNLOAD", "1")  # the one server is on 127.0.0.1: allowed under HFCJAX_DOWNLOAD=0
@@ -158,3 +172,18 @@ def test_published_checksums_are_the_ones_tfds_registers():
                       (line.split("\t") for line in (folder / f"{name}.txt").read_text().splitlines() if line.strip())}
         ours = {file: checks[0].sha256 for file, checks in data.DATASETS[name].remote.files}
         assert ours == registered
+
+
+def test_a_server_that_trickles_bytes_hits_the_overall_deadline(mirror, tmp_path, monkeypatch):
+    """A byte every 0.2 s never trips the per-read timeout; the deadline of the whole file does."""
+    Handler.trickle = {"/slow.bin"}
+    url = f"{os.environ['HFCJAX_DATA_URL']}/slow.bin"
+    monkeypatch.setenv(download.DEADLINE_VARIABLE, "1.5")
+    dest = tmp_path / "out" / "slow.bin"
+    with pytest.raises(download.DownloadError, match=r"took longer than 1.5s \(\d+ bytes so far.*partial file was "
+                                                     r"deleted.*HFCJAX_DOWNLOAD_DEADLINE"):
+        download.fetch(url, dest, [download.Check("0" * 64)], log=lambda m: None)
+    assert list(dest.parent.iterdir()) == []
+    monkeypatch.setenv(download.DEADLINE_VARIABLE, "soon")
+    with pytest.raises(download.DownloadError, match=r"HFCJAX_DOWNLOAD_DEADLINE='soon' must be a number"):
+        download.fetch(url, dest, [download.Check("0" * 64)], log=lambda m: None)

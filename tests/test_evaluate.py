@@ -260,3 +260,26 @@ def test_partial_rows_of_other_settings_are_never_mixed_in(tmp_path):
     assert other.stale and other.get("rho=0") is None and other.get("heatmap rho=0") is None
     other.finish()
     assert not (tmp_path / ".partial").exists()
+
+
+@pytest.mark.parametrize("damage", ["{\"key\": \"ab", "", "[1, 2]"])
+def test_a_damaged_partial_fingerprint_is_set_aside_named_and_the_rows_recomputed(tmp_path, damage):
+    saved = evaluate.reports.PartialResults(tmp_path, {"eps": [0.1]})
+    saved.put("rho=0", {"clean": 0.5})
+    (saved.folder / "fingerprint.json").write_text(damage)  # a killed write, a full disk
+    lines = []
+    again = evaluate.reports.PartialResults(tmp_path, {"eps": [0.1]}, lines.append)
+    assert not again.stale and again.get("rho=0") is None  # nothing read back from a folder it cannot trust
+    (aside,) = tmp_path.glob("corrupt_partial-*")
+    assert (aside / "rho=0.json").exists() and "is damaged" in lines[0] and str(aside) in lines[0]
+    again.put("rho=0", {"clean": 0.25})
+    assert evaluate.reports.PartialResults(tmp_path, {"eps": [0.1]}).get("rho=0") == {"clean": 0.25}
+
+
+def test_a_damaged_partial_row_is_recomputed(tmp_path):
+    saved = evaluate.reports.PartialResults(tmp_path, {"eps": [0.1]})
+    saved.put("rho=0", {"clean": 0.5})
+    saved._path("rho=0", ".json").write_text("{\"clean\": 0.")
+    lines = []
+    assert evaluate.reports.PartialResults(tmp_path, {"eps": [0.1]}, lines.append).get("rho=0") is None
+    assert "is damaged" in lines[0]

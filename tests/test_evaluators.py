@@ -2,6 +2,8 @@
 function (variables {}), checked against numpy; the rho grid on a Flax conv model; the
 registry (a new analysis is one module)."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,7 @@ QUIET = common.Shared(batch_size=16, log=lambda m: None)
 
 
 def section(name, **values):
-    c = evaluators.module(name).get_config()
+    c = evaluators.section_defaults(name)
     c.update(values)
     return c
 
@@ -131,7 +133,7 @@ def test_model_variants_and_their_rows():
         common.Inputs(variables, grid, images, labels, (2.0,)))
     assert rows[0].square is None and rows[1].roughness < rows[0].roughness
     with pytest.raises(ValueError, match="no convolution kernel matches"):
-        variants.model_variants(variables, rhos=[0.0], layers=["^nothing$"])
+        variants.model_variants(variables, rhos=[0.0, 0.5], layers=["^nothing$"])
 
 
 def test_model_checks_flag_randomness_softmax_outputs_and_zero_gradients(linear):
@@ -153,11 +155,13 @@ def test_model_checks_flag_randomness_softmax_outputs_and_zero_gradients(linear)
 
 def test_every_evaluator_has_a_section_with_enabled_and_the_config_holds_them():
     names = evaluators.names()
-    assert set(names) == {"checks", "robustness", "band", "spectra", "heatmap", "frequency"}
+    assert set(names) == {"accuracy", "autoattack", "checks", "robustness", "band", "spectra", "heatmap",
+                          "frequency"}
     config = config_lib.default()
     assert list(config.evals.keys()) == sorted(names) or set(config.evals.keys()) == set(names)
     for name in names:
-        assert "enabled" in config.evals[name]
+        assert "enabled" in config.evals[name] and "every_epochs" in config.evals[name]
+    assert config.evals.accuracy.every_epochs == 1 and config.evals.robustness.every_epochs == 0
     config.evals.heatmap.eps = -1.0
     with pytest.raises(ValueError, match="config.evals.heatmap.eps must be a finite number > 0"):
         config_lib.validate(config)
@@ -215,3 +219,64 @@ class Evaluator(common.Evaluator):
         import sys
         sys.modules.pop("hfcjax.evaluators.mean_logit", None)
     assert isinstance(evals, ml_collections.ConfigDict)
+
+
+def test_accuracy_evaluator_matches_numpy_and_names_the_training_metrics(linear, reference_split):
+    apply_fn, weights, images, labels = linear
+    evaluator = evaluators.module("accuracy").Evaluator(apply_fn, section("accuracy", radii=(3.0,)), QUIET)
+    (row,) = evaluator.run(inputs_of(images, labels))
+    x = images.astype(np.float64) / 255
+    low, high, _ = reference_split(x, 3.0)
+    acc = lambda v: float(np.mean(np.argmax(v.reshape(30, -1) @ weights, -1) == labels))
+    assert row.radii == [3.0]
+    assert row.clean == pytest.approx(acc(x)) and row.low == pytest.approx([acc(low)])
+    assert row.high == pytest.approx([acc(high)])
+    assert evaluator.scalars(row, "test") == {"test_acc": row.clean, "test_low_r3": row.low[0],
+                                              "test_high_r3": row.high[0]}
+    assert "| LFC r=3 | HFC r=3 |" in evaluator.markdown([row])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_autoattack_cascade_gives_the_closed_form_robust_accuracy_of_a_linear_model(norm, tmp_path):
+    """On a linear model the smallest perturbation that breaks each image is known: AutoAttack
+    at eps must leave exactly the images whose minimum exceeds eps."""
+    from test_attacks import linear_problem
+
+    fn, x, y, linf, l2 = linear_problem(seed=3, n=48)
+    minimal = linf if norm == "linf" else l2
+    eps = float(np.median(minimal))
+    attacks_ = ("apgd-ce", "apgd-t", "fab-t", "square") if norm == "linf" else ("apgd-ce", "apgd-t", "fab-t")
+    cfg = section("autoattack", enabled=True, norm=norm, eps=eps, version="custom" if norm == "l2" else "standard",
+                  attacks=attacks_ if norm == "l2" else (), apgd_steps=10, fab_steps=10, targets=3, square_queries=20)
+    evaluators.validate(ml_collections.ConfigDict({"autoattack": cfg}))
+    lines = []
+    evaluator = evaluators.module("autoattack").Evaluator(lambda v, z: fn(z), cfg,
+                                                          common.Shared(batch_size=16, log=lines.append))
+    inputs = common.Inputs({}, variants.model_variants({}, rhos=(0.0,)), np.asarray(x), np.asarray(y), (1.0,))
+    (row,) = evaluator.run(inputs)
+    # Never below the closed form (nothing breaks an image beyond its minimum); a sound attack
+    # breaks every image whose minimum is below 0.97 eps.
+    assert row.clean == 1.0 and np.mean(minimal > eps * 1.001) <= row.robust <= np.mean(minimal > 0.97 * eps)
+    assert [s["attack"] for s in row.per_attack] == list(attacks_)
+    after = [s["robust_accuracy"] for s in row.per_attack]
+    assert after == sorted(after, reverse=True) and after[-1] == row.robust
+    assert any("ETA" in line and "AutoAttack cascade" in line for line in lines)
+    evaluator.write([row], tmp_path, inputs)
+    saved = json.loads((tmp_path / "autoattack.json").read_text())
+    assert saved["robust_accuracy"] == row.robust and saved["per_attack"][0]["attack"] == "apgd-ce"
+    assert "| after apgd-t |" in (tmp_path / "autoattack.md").read_text()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"version": "rand"}, "version 'rand' is unknown"),
+    ({"version": "custom"}, "version 'custom' needs at least one attack"),
+    ({"attacks": ("apgd-ce",)}, "the standard version fixes its attacks"),
+    ({"version": "custom", "attacks": ("pgd",)}, r"\['pgd'\] unknown; AutoAttack's names are"),
+    ({"norm": "l2"}, "Square is L-infinity only"),
+    ({"eps": 0.0}, "eps must be a finite number > 0"),
+])
+def test_autoattack_settings_that_cannot_work_are_one_line(change, message):
+    config = config_lib.default()
+    config.evals.autoattack.update(change)
+    with pytest.raises(ValueError, match=rf"^config.evals.autoattack\..*{message}"):
+        config_lib.validate(config)

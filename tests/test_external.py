@@ -150,3 +150,43 @@ def test_preprocess_is_inside_the_model():
     out = pre(x)
     assert out.shape == (1, 2, 3, 4)
     np.testing.assert_allclose(out[0, :, 0, 0], [1.0, 2.0], rtol=1e-6)
+
+
+def test_a_model_with_non_finite_logits_is_refused_naming_the_image(fashion, tmp_path):
+    """No accuracy from NaN (argmax of NaN is class 0): one line naming the first bad image,
+    and no report written."""
+    images, labels = fashion
+
+    def logits_fn(x):
+        flat = x.reshape(x.shape[0], -1)[:, :10]
+        return jnp.where(jnp.mean(x, axis=(1, 2, 3))[:, None] > 0.99, jnp.nan, flat)  # NaN on white images
+
+    images = images.copy()
+    images[[27, 33]] = 255
+    with pytest.raises(UserError, match=r"logits are not finite \(NaN or inf\) on image 27 "):
+        evaluate.analyse_model(logits_fn, images, labels, tmp_path, **FAST)
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "robustness.json").exists()
+
+
+def test_an_evaluation_folder_in_use_is_refused_in_one_line(fashion, tmp_path):
+    """Two evaluations of one folder at once would remove each other's kept rows."""
+    images, labels = fashion
+    (tmp_path / evaluate.LOCK).write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 1,
+                                                      "started": "now"}))
+    with pytest.raises(UserError, match=r"^the evaluation folder .* is in use by pid 1 .* choose another --out"):
+        evaluate.analyse_model(lambda x: x.reshape(x.shape[0], -1)[:, :10], images, labels, tmp_path, **FAST)
+    assert not (tmp_path / ".partial").exists()
+
+
+def test_rho_0_needs_no_selected_kernel_and_rho_above_names_the_kernels_found(user_module, fashion):
+    """Smoothing at rho 0 is the identity: a model whose first conv is not 'stem' is evaluated
+    as given; for rho > 0 the error lists its kernels and the key that selects them."""
+    images, labels = fashion
+    model = external.load_factory("usermodel:factory")
+    pre = external.Preprocess(MEAN, STD, "NCHW")
+    only = {**fast(rhos=(0.0,)), "spectra": {"enabled": False}, "robustness": {**FAST["robustness"], "eps": (0.05,)}}
+    result = evaluate.analyse_model(model, images, labels, preprocess=pre, **only)
+    assert [r.name for r in result["robustness"]] == ["rho=0"] and result["robustness"][0].roughness is None
+    with pytest.raises(UserError, match=r"no convolution kernel matches \['\^stem/kernel\$'\]; kernels in this "
+                                        r"model: \['conv1/kernel'\]; select them with config.evaluation.layers"):
+        evaluate.analyse_model(model, images, labels, preprocess=pre, **fast(rhos=(0.0, 0.5)))

@@ -1,8 +1,10 @@
 """Nothing lost, nothing mixed, nothing hung (issue 16): failed saves, workdir ownership,
 corrupt checkpoints, config drift, one-line errors and strict library inputs."""
 
+import copy
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -163,12 +165,25 @@ def test_corrupt_latest_checkpoint_falls_back_for_evaluation_and_resume(finished
     result = evaluate.evaluate(workdir, evaluation=dict(rhos=(0.0,), num_examples=20, batch_size=20),
                                robustness=dict(eps=(0.05,), pgd_steps=1, strong_restarts=1, square_queries=0),
                                frequency=dict(svd_ranks=()))
-    assert result.about["checkpoint_epoch"] == 1
+    assert result.about["checkpoint_epoch"] == 1 and "epoch 2 is corrupt" in result.about["checkpoint_notes"][0]
+    report = (checkpoints.RunDir(workdir).eval / "report.md").read_text()
+    assert report.startswith("**Note:** the checkpoint of epoch 2 is corrupt")  # in the report, not only on the console
     # Resuming moves the corrupt epoch aside and retrains it: the same numbers as before.
     history = train.train_and_evaluate(small, str(workdir))
     assert [r["epoch"] for r in history] == [1, 2]
     assert records(workdir) == finished[1]
     assert [p.name.split("-")[0] for p in checkpoints.RunDir(workdir).corrupt.iterdir()] == ["2"]
+
+
+def test_a_corrupt_best_checkpoint_is_refused_naming_the_intact_ones(finished, tmp_path):
+    workdir = copy_run(finished, tmp_path)
+    accuracy = {r["epoch"]: r["test_acc"] for r in records(workdir)}
+    best = max(sorted(accuracy), key=lambda e: (accuracy[e], e))
+    flip_bytes(largest_model_file(workdir, best))
+    other = [e for e in accuracy if e != best]
+    message = rf"^the best checkpoint of epoch {best} .* is corrupt .*evaluate one of the intact epochs {re.escape(str(other))} with"
+    with pytest.raises(checkpoints.CheckpointError, match=message):
+        checkpoints.restore_model(workdir, "best", log=lambda m: pytest.fail(f"fell back: {m}"))
 
 
 def test_every_checkpoint_has_checksums_that_match(finished):
@@ -289,3 +304,39 @@ def test_unreadable_data_file_says_permission_not_corrupt(data_dir, monkeypatch)
     monkeypatch.setattr(formats.gzip, "open", denied)
     with pytest.raises(data.DataError, match="permission denied"):
         data.load("fashion_mnist", "test", source="files")
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_temporary_folder(tmp_path, small, monkeypatch, capsys):
+    """ENOSPC while orbax writes epoch 2: one CheckpointError line, no temporary folder, epoch 1 intact."""
+    import errno
+
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
+
+    workdir = tmp_path / "run"
+    small = copy.deepcopy(small)
+    small.num_epochs = 1
+    train.train_and_evaluate(small, str(workdir))
+    real = handler.JsonCheckpointHandler._save_fn
+
+    async def full_disk(self, x, directory):
+        if '"epoch": 2' in json.dumps(x):  # the history of epoch 2
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real(self, x, directory)
+
+    monkeypatch.setattr(handler.JsonCheckpointHandler, "_save_fn", full_disk)
+    small.num_epochs = 2
+    message = r"^saving the checkpoint of epoch 2 .* failed \(OSError: .*No space left on device\); its unfinished"
+    with pytest.raises(checkpoints.CheckpointError, match=message):
+        train.train_and_evaluate(small, str(workdir))
+    folder = checkpoints.RunDir(workdir).checkpoints
+    assert sorted(p.name for p in folder.iterdir()) == ["1"]
+    assert checkpoints.verify(folder / "1") is None
+    assert capsys.readouterr().err.count("\n") < 5  # not orbax's pages of log lines
+
+
+def test_reading_a_checkpoint_for_evaluation_logs_no_orbax_warnings(finished, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        checkpoints.restore_model(finished[0], "latest", log=lambda m: None)
+    assert "read_only" not in caplog.text

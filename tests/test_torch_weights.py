@@ -119,8 +119,9 @@ def test_wrong_architecture_and_unreadable_file_are_one_line(tmp_path):
         torch_weights.convert(sd, "vit")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="torch.load cannot read it"):
+    with pytest.raises(ValueError, match=r"torch.load cannot read it \(UnpicklingError: Unsupported operand") as error:
         torch_weights.load(bad, "resnet18")
+    assert "weights_only" not in str(error.value)  # torch's advice names a flag hfcjax has no use for
     with pytest.raises(ValueError, match="no such file"):
         torch_weights.load(tmp_path / "missing.pt", "resnet18")
 
@@ -145,3 +146,16 @@ def test_command_line_reads_a_torch_file(tmp_path, run_cli):
         code, _, err = run_cli(evaluate.main, *base, "--torch_weights", tmp_path / "wrn.pt", *extra)
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert code == 2 and len(errors) == 1 and message in errors[0], err[-2000:]
+
+
+class Pickled:  # a custom class: torch's weights-only loader refuses it, nothing is executed
+    pass
+
+
+def test_a_pickled_object_is_refused_without_torchs_weights_only_advice(tmp_path):
+    path = tmp_path / "whole_model.pt"
+    torch.save({"model": Pickled(), "w": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match=r"holds pickled Python objects besides tensors .* torch.save\(model.state_"
+                                         r"dict\(\), path\)\.$") as error:
+        torch_weights.load(path, "resnet18")
+    assert "weights_only" not in str(error.value)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from hfcjax import checkpoints, data, measure, sharding, train
+from hfcjax import checkpoints, data, measure, sharding, steps, train
 
 TIMING_KEYS = {"train_seconds", "eval_seconds", "images_per_second"}
 
@@ -72,7 +72,7 @@ def one_step_params(config, tmp_path):
     images, labels, _ = next(data.batches(trainer.train_images, trainer.train_labels, config.batch_size,
                                           seed=0, epoch=1))
     x, y = sharding.global_batch(trainer.batch_sh, images, labels)
-    state, _ = trainer.train_step(trainer.init(), train.zero_totals(), x, y)
+    state, _ = trainer.train_step(trainer.init(), steps.zero_totals(), x, y)
     return jax.device_get(state.params), trainer
 
 
@@ -203,7 +203,7 @@ def test_eight_devices_match_one_device_end_to_end(tmp_path, uninterrupted, cli)
 
 def test_nan_loss_stops_with_the_step_and_no_checkpoint(tmp_path, tiny_config):
     config = tiny_config(optimizer="sgd", learning_rate=1e12, num_epochs=1)
-    with pytest.raises(train.TrainingError, match=r"NaN or inf at step \d+ \(epoch 1\).*no checkpoint"):
+    with pytest.raises(steps.TrainingError, match=r"NaN or inf at step \d+ \(epoch 1\).*no checkpoint"):
         train.train_and_evaluate(config, str(tmp_path))
     assert checkpoints.RunDir(tmp_path).epoch_dirs() == []
     assert records(tmp_path) == []
@@ -241,9 +241,60 @@ def test_no_recompiles_across_steps_and_epochs(tmp_path, tiny_config, count_comp
     config = tiny_config(num_epochs=1, train_subset=200, test_subset=120, eval_train_subset=120, eval_batch_size=80)
     with count_compiles() as first:
         train.Trainer(config, str(tmp_path)).run()  # 5 steps, evaluation with a padded last batch
-    assert first["train_step"] == 1 and first["eval_step"] == 1
+    assert first["train_step"] == 1 and first["sums"] == 1
     config.num_epochs = 3
     with count_compiles() as later:
         history = train.Trainer(config, str(tmp_path)).run()  # resumes: 2 more epochs, new Trainer
     assert [r["epoch"] for r in history] == [1, 2, 3]
-    assert later["train_step"] <= 1 and later["eval_step"] <= 1  # at most once per process, never per epoch
+    assert later["train_step"] <= 1 and later["sums"] <= 1  # at most once per process, never per epoch
+
+
+def test_training_tracks_the_evaluators_of_config_evals_every_n_epochs(tmp_path, tiny_config):
+    """Per-epoch tracking is the evaluators (not a second code path): accuracy every epoch by
+    default; robustness every 2nd epoch when asked; an epoch without test accuracy is never
+    the best checkpoint; an analysis that cannot run per batch is refused in one line."""
+    config = tiny_config(num_epochs=2, train_subset=200, test_subset=40, eval_train_subset=40, eval_batch_size=40,
+                         **{"evals.robustness.every_epochs": 2, "evals.robustness.eps": (0.0, 0.1),
+                            "evals.robustness.pgd_steps": 2, "evals.robustness.strong_restarts": 1,
+                            "evals.robustness.square_queries": 0})
+    history = train.Trainer(config, str(tmp_path / "a")).run()
+    first, second = history
+    assert "test_acc" in first and "test_low_r4" in first and "train_high_r16" in first
+    assert not any("robustness" in k for k in first)
+    assert second["test_robustness_clean"] == pytest.approx(second["test_acc"])  # one model, two evaluators
+    assert second["test_robustness_pgd_eps0"] == pytest.approx(second["test_acc"])  # eps 0 changes nothing
+    assert second["test_robustness_pgd_eps0.1"] <= second["test_acc"]
+    assert "train_robustness_worst_case" in second and "test_robustness_square" not in second  # off: left out
+
+    config = tiny_config(num_epochs=2, train_subset=200, test_subset=40, eval_train_subset=40, eval_batch_size=40,
+                         **{"evals.accuracy.every_epochs": 2})
+    history = train.Trainer(config, str(tmp_path / "b")).run()
+    assert "test_acc" not in history[0] and "test_acc" in history[1]
+    assert checkpoints.restore_model(tmp_path / "b", "best", log=lambda m: None)[3] == 2  # epoch 1 has no test_acc
+
+    with pytest.raises(ValueError, match=r"^config.evals.heatmap.every_epochs: heatmap runs after training only"):
+        train.Trainer(tiny_config(**{"evals.heatmap.every_epochs": 1}), str(tmp_path / "c"))
+
+
+def test_a_stop_request_takes_effect_after_the_step_it_arrived_in(tmp_path, tiny_config):
+    """SIGTERM arriving while step k is dispatched saves the state after step k, and the loop
+    never runs more than one step ahead of the device (XLA dispatches asynchronously)."""
+    trainer = train.Trainer(tiny_config(num_epochs=1, train_subset=400, test_subset=40, eval_train_subset=40),
+                            str(tmp_path))
+    real, outputs = trainer.train_step, []
+
+    def step(state, totals, x, y):
+        if len(outputs) >= 2:
+            assert outputs[-2].is_ready(), "more than one step in flight"
+        new_state, new_totals = real(state, totals, x, y)
+        outputs.append(new_totals["count"])
+        if len(outputs) == 4:
+            trainer.stop.append(signal.SIGTERM)  # what the handler does when the signal arrives now
+        return new_state, new_totals
+
+    trainer.train_step = step
+    with pytest.raises(train.Preempted, match="after step 4 of epoch 1"):
+        trainer.run()
+    assert len(outputs) == 4
+    position = json.loads((checkpoints.RunDir(tmp_path).preempted / "position.json").read_text())
+    assert position["step"] == 4 and position["epoch"] == 1

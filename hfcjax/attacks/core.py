@@ -4,7 +4,7 @@ losses (cross-entropy, margin, DLR)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +17,24 @@ from hfcjax.errors import UserError
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
-def check_inputs(logits_fn: LogitsFn, images, labels, eps=0.0) -> None:
-    """Raises ValueError for labels that are not one per image, a concrete eps < 0 or not
-    finite, or concrete labels outside the logits' classes."""
+def check_inputs(logits_fn: LogitsFn, images, labels, eps=0.0, **positive) -> None:
+    """Raises UserError for labels that are not one per image, a concrete eps < 0 or not
+    finite, a concrete value of `positive` (name=value: step sizes) that is not > 0,
+    concrete images outside [0, 1], or concrete labels outside the logits' classes."""
     if not frequency.is_traced(eps):
         value = np.asarray(eps, np.float64)
         if not np.all(np.isfinite(value)) or np.any(value < 0):
             raise UserError(f"eps must be a finite number >= 0, got {eps!r}.")
+    for name, v in positive.items():
+        if not frequency.is_traced(v) and not np.all(np.asarray(v, np.float64) > 0):
+            raise UserError(f"{name} must be > 0, got {v!r}.")
+    if not frequency.is_traced(images) and np.size(images):
+        values = np.asarray(images)
+        low, high = float(values.min()), float(values.max())
+        if not (0.0 <= low and high <= 1.0):
+            raise UserError(f"images must lie in [0, 1] for the attacks (eps is in those units); got values from "
+                            f"{low:g} to {high:g}. Divide uint8 pixels by 255; a model that wants another range "
+                            "normalises inside (external.Preprocess, --mean/--std).")
     if jnp.ndim(labels) != 1 or jnp.shape(labels)[0] != jnp.shape(images)[0]:
         raise UserError(f"labels must be one integer per image, shape [{jnp.shape(images)[0]}]; "
                          f"got shape {tuple(jnp.shape(labels))}.")
@@ -48,6 +59,24 @@ def input_gradient(logits_fn: LogitsFn, images, labels):
 def project_linf(x, images, eps):
     """Clips `x` into the eps-ball around `images`, then into [0, 1]."""
     return jnp.clip(jnp.clip(x, images - eps, images + eps), 0.0, 1.0)
+
+
+class AttackResult(NamedTuple):
+    """What an attack with AutoAttack's rule returns, per example: `adv` (the first
+    misclassified iterate where one was found, else the point of highest loss), `success`
+    (some iterate was misclassified: the image is broken) and the highest `loss` reached."""
+
+    adv: jnp.ndarray
+    success: jnp.ndarray
+    loss: jnp.ndarray
+
+
+def keep_first_success(first: AttackResult, then: AttackResult) -> AttackResult:
+    """Per example: `first` where it succeeded, else `then` where it did or reached a higher loss."""
+    take = ~first.success & (then.success | (then.loss > first.loss))
+    each = take.reshape((-1,) + (1,) * (first.adv.ndim - 1))
+    return AttackResult(jnp.where(each, then.adv, first.adv), first.success | then.success,
+                        jnp.where(take, then.loss, first.loss))
 
 
 NORMS = ("linf", "l2")
@@ -98,7 +127,8 @@ def margin(logits, labels):
 
 
 
-LOSSES = ("ce", "dlr")
+LOSSES = ("ce", "dlr")  # untargeted: the loss rises as the true class loses
+TARGETED_LOSSES = ("ce_targeted", "dlr_targeted")  # the loss rises as the target class wins
 
 
 def dlr_loss(logits, labels):
@@ -107,3 +137,29 @@ def dlr_loss(logits, labels):
     needs at least 3 classes. > 0 means misclassified."""
     top3 = jax.lax.top_k(logits, 3)[0]
     return -margin(logits, labels) / (top3[:, 0] - top3[:, 2] + 1e-12)
+
+
+def dlr_targeted_loss(logits, labels, targets):
+    """Targeted DLR (Croce & Hein 2020, AutoAttack's APGD-T), per example: -(z_y - z_t) /
+    (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12), z sorted in decreasing order; needs 4+ classes."""
+    top4 = jax.lax.top_k(logits, 4)[0]
+    z_y = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    z_t = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    return -(z_y - z_t) / (top4[:, 0] - 0.5 * (top4[:, 2] + top4[:, 3]) + 1e-12)
+
+
+def attack_loss(name: str, logits, labels, targets=None):
+    """Per-example loss an attack ascends: ce, dlr (untargeted) or ce_targeted, dlr_targeted."""
+    if name == "ce":
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if name == "dlr":
+        return dlr_loss(logits, labels)
+    if name == "ce_targeted":
+        return -optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    if name == "dlr_targeted":
+        return dlr_targeted_loss(logits, labels, targets)
+    raise UserError(f"unknown attack loss {name!r}; choose one of {LOSSES + TARGETED_LOSSES}.")
+
+
+def num_classes(logits_fn: LogitsFn, images) -> int:
+    return jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(jnp.shape(images), jnp.result_type(images))).shape[-1]

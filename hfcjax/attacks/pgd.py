@@ -37,7 +37,7 @@ def pgd(logits_fn: core.LogitsFn, images, labels, eps, *, step_size, steps: int,
     `restarts` wrapper around it. `unroll` is passed to `lax.fori_loop`; the default (None)
     is `backend.pgd_unroll()` (every step on a CPU, none on accelerators).
     """
-    core.check_inputs(logits_fn, images, labels, eps)
+    core.check_inputs(logits_fn, images, labels, eps, step_size=step_size)
     if norm not in core.NORMS:
         raise UserError(f"unknown norm {norm!r}; choose one of {core.NORMS}.")
     if steps < 0:
@@ -85,7 +85,9 @@ def _random_start(key, images, eps, norm: str):
 def restarts(attack: Callable, times: int) -> Callable:
     """foolbox's `Repeated`: ``attack(logits_fn, images, labels, eps, key=, **kw)`` run
     `times` times with keys split from `key`, keeping per example the run of highest
-    cross-entropy (lowest, for ``targeted=True``). ``times == 1`` is `attack` itself."""
+    cross-entropy (lowest, for ``targeted=True``); for an attack that returns a
+    `core.AttackResult` (`apgd_run`, `apgd_targeted`), the first successful run (AutoAttack's
+    rule), else the highest loss. ``times == 1`` is `attack` itself."""
     if times < 1:
         raise UserError(f"need restarts >= 1, got {times}.")
 
@@ -97,6 +99,10 @@ def restarts(attack: Callable, times: int) -> Callable:
         sign = -1.0 if kw.get("targeted") else 1.0
         keys = jax.random.split(key, times)
         best = attack(logits_fn, images, labels, eps, key=keys[0], **kw)
+        if isinstance(best, core.AttackResult):
+            for run_key in keys[1:]:
+                best = core.keep_first_success(best, attack(logits_fn, images, labels, eps, key=run_key, **kw))
+            return best
         best_loss = sign * core.per_example_loss(logits_fn, best, labels)
         for run_key in keys[1:]:
             x = attack(logits_fn, images, labels, eps, key=run_key, **kw)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hfcjax.attacks import core
+from hfcjax.errors import UserError
 
 
 def square(
@@ -25,7 +27,9 @@ def square(
     logits, so it is the referee for gradient masking: a model that resists PGD but not
     this attack masks its gradients. The square side shrinks on the schedule of the paper.
     """
-    core.check_inputs(logits_fn, images, labels, eps)
+    core.check_inputs(logits_fn, images, labels, eps, p_init=p_init)
+    if isinstance(queries, bool) or not isinstance(queries, (int, np.integer)) or queries < 0:
+        raise UserError(f"queries must be an integer >= 0, got {queries!r}.")
     n, height, width, channels = images.shape
     key, init_key = jax.random.split(key)
     stripes = jax.random.choice(init_key, jnp.array([-1.0, 1.0]), (n, 1, width, channels))

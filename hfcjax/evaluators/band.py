@@ -76,6 +76,10 @@ class Evaluator(common.BatchEvaluator):
         return Row(name=variant.name, rho=variant.rho, bn_reestimated=variant.bn_reestimated,
                    radius=float(self.cfg.radius), **acc)
 
+    def scalars(self, row: Row, split: str):
+        return common.row_scalars(row, split, self.name, ("pgd_low", "pgd_high", "leak_low", "leak_high"),
+                                  self.cfg.eps)
+
     def columns(self, rows=()) -> List[reports.Column]:
         eps, r = list(self.cfg.eps), f"{self.cfg.radius:g}"
         return (common.variant_columns()

@@ -94,16 +94,30 @@ class Evaluator:
         raise NotImplementedError
 
 
+def check_finite(apply_fn: ApplyFn, variables, images: np.ndarray, batch_size: int) -> None:
+    """Raises UserError naming the first image whose logits are NaN or inf: no accuracy is
+    ever computed from them (argmax of NaN is class 0, which would look like a number)."""
+    finite_rows = jax.jit(lambda v, x: jnp.all(jnp.isfinite(apply_fn(v, measure.to_unit(x))), axis=-1))
+    for start in range(0, len(images), batch_size):
+        ok = np.asarray(finite_rows(variables, images[start:start + batch_size]))
+        if not ok.all():
+            index = start + int(np.argmin(ok))
+            raise UserError(f"the model's logits are not finite (NaN or inf) on image {index} (and maybe others): "
+                            "no accuracy is computed from them. Check the weights (a diverged run?), the "
+                            "preprocessing (mean/std, a division by zero) and the images.")
+
+
 # --------------------------------------------------------------------------- the fused per-batch pass
 
 
 class BatchContext:
     """One traced batch: the model's logits function, the images in [0, 1], labels, the 0/1
-    mask of padded rows and this batch's key; the clean predictions, and every attack's
+    mask of padded rows, this batch's key and the split's convention; the clean predictions, and every attack's
     adversarial examples with their per-example correctness (`attacks`, in the order added)."""
 
-    def __init__(self, logits_fn, x, labels, mask, key):
+    def __init__(self, logits_fn, x, labels, mask, key, inclusive: bool = True):
         self.logits_fn, self.x, self.labels, self.mask, self.key = logits_fn, x, labels, mask, key
+        self.inclusive = inclusive  # the split's convention (d <= r, or d < r)
         self.attacks: Dict[str, Tuple[jnp.ndarray, jnp.ndarray]] = {}
         self._clean_ok = None
 
@@ -125,16 +139,30 @@ class BatchContext:
 
 
 class BatchEvaluator(Evaluator):
-    """Numbers that are sums over batches. `args()` are its arrays for the compiled call
-    (e.g. eps, so a new eps never changes the program); `batch_sums(ctx, args)` the sums of
-    one batch; `row(variant, sums, n, seconds)` the finished row of one model variant.
-    `reads_attacks`: it reads other evaluators' attacks from the context, so it runs after them."""
+    """Numbers that are sums over batches. `args(inputs)` are its arrays for the compiled
+    call (e.g. eps, so a new eps never changes the program); `batch_sums(ctx, args)` the sums
+    of one batch; `row(variant, sums, n, seconds)` the finished row of one model variant.
+    `reads_attacks`: it reads other evaluators' attacks from the context, so it runs after them.
+
+    Per-epoch tracking: an evaluator that defines `scalars(row, split)` (its row as flat
+    metrics.jsonl names) can run during training, every ``every_epochs`` of its section."""
 
     reads_attacks: ClassVar[bool] = False
 
-    def args(self) -> Dict[str, Any]:
+    def args(self, inputs: Inputs) -> Dict[str, Any]:
         """The section's `eps` as an array (when it has one): an argument, not a constant."""
+        del inputs
         return {"eps": jnp.asarray(np.asarray(self.cfg.eps, np.float32))} if "eps" in self.cfg else {}
+
+    def scalars(self, row: Any, split: str) -> Dict[str, float]:
+        """`row` as metrics.jsonl values named ``{split}_{name}_{key}`` (`tracks` says whether
+        this evaluator defines them)."""
+        raise NotImplementedError
+
+    @classmethod
+    def tracks(cls) -> bool:
+        """Whether it can run during training (it defines `scalars`)."""
+        return cls.scalars is not BatchEvaluator.scalars
 
     def batch_sums(self, ctx: BatchContext, args) -> Any:
         raise NotImplementedError
@@ -153,45 +181,52 @@ def to_json(row) -> Dict:
 def run_fused(evaluators: Sequence[BatchEvaluator], inputs: Inputs) -> Dict[str, List[Any]]:
     """{name: [row per variant]} of `evaluators` run together: one compiled call per batch,
     every variant's rows kept in `inputs.partial` as they finish (and read back from it)."""
-    evaluators = sorted(evaluators, key=lambda e: e.reads_attacks)  # producers of attacks first
-    shared = evaluators[0].shared
-    fused = _FusedPass(evaluators, shared)
-    progress = GridProgress(len(inputs.variants), len(inputs.images), shared.log)
-    out: Dict[str, List[Any]] = {e.name: [] for e in evaluators}
-    for variant in inputs.variants:
-        kept = progress.kept_or_run(variant.name, inputs.partial, lambda: {
-            name: to_json(row) for name, row in fused.rows(variant, inputs, progress).items()})
-        for e in evaluators:
-            out[e.name].append(type(e).Row(**kept[e.name]))
-    return out
+    return FusedPass(evaluators).run(inputs)
 
 
-class _FusedPass:
-    def __init__(self, evaluators: Sequence[BatchEvaluator], shared: Shared):
-        self.evaluators, self.shared = list(evaluators), shared
+class FusedPass:
+    """`evaluators` compiled into one call per batch; keep the object to run them again
+    (every epoch of a training run) without compiling again."""
+
+    def __init__(self, evaluators: Sequence[BatchEvaluator], progress: bool = True):
+        self.evaluators = sorted(evaluators, key=lambda e: e.reads_attacks)  # producers of attacks first
+        self.shared, self.progress = self.evaluators[0].shared, progress
         self.mesh = sharding.make_mesh()
-        self.batch_size = -(-shared.batch_size // self.mesh.size) * self.mesh.size
+        self.batch_size = -(-self.shared.batch_size // self.mesh.size) * self.mesh.size
         repl, self.batch_sh = sharding.replicated(self.mesh), sharding.batch_sharded(self.mesh)
-        apply_fn = evaluators[0].apply_fn
+        apply_fn = self.evaluators[0].apply_fn
 
-        def sums(variables, images_u8, labels, mask, key, args):
-            ctx = BatchContext(lambda z: apply_fn(variables, z), measure.to_unit(images_u8), labels, mask, key)
+        def sums(variables, images_u8, labels, mask, key, args, inclusive):
+            ctx = BatchContext(lambda z: apply_fn(variables, z), measure.to_unit(images_u8), labels, mask, key,
+                               inclusive)
             return {e.name: e.batch_sums(ctx, args[e.name]) for e in self.evaluators}
 
         self.sums = jax.jit(sums, in_shardings=(repl, self.batch_sh, self.batch_sh, self.batch_sh, repl, repl),
-                            out_shardings=repl, compiler_options=backend.eval_compiler_options())
-        self.args = {e.name: e.args() for e in self.evaluators}
+                            out_shardings=repl, static_argnums=6, compiler_options=backend.eval_compiler_options())
         self.compiled = False
+
+    def run(self, inputs: Inputs) -> Dict[str, List[Any]]:
+        log = self.shared.log if self.progress else (lambda message: None)
+        progress = GridProgress(len(inputs.variants), len(inputs.images), log)
+        out: Dict[str, List[Any]] = {e.name: [] for e in self.evaluators}
+        for variant in inputs.variants:
+            kept = progress.kept_or_run(variant.name, inputs.partial, lambda: {
+                name: to_json(row) for name, row in self.rows(variant, inputs, progress).items()})
+            for e in self.evaluators:
+                out[e.name].append(type(e).Row(**kept[e.name]))
+        return {e.name: out[e.name] for e in self.evaluators}
 
     def rows(self, variant: ModelVariant, inputs: Inputs, progress: "GridProgress") -> Dict[str, Any]:
         n, start, total = len(inputs.images), time.time(), None
         if not self.compiled:
-            self.shared.log("  compiling the attacks (once for every row; the first batch waits for it)")
+            progress.log("  compiling the attacks (once for every row; the first batch waits for it)")
             self.compiled = True
+        args = {e.name: e.args(inputs) for e in self.evaluators}
         for b, (x, y, m) in enumerate(data.batches(inputs.images, inputs.labels, self.batch_size, shuffle=False,
                                                    drop_remainder=False)):
             x, y, m = sharding.global_batch(self.batch_sh, x, y, m)
-            counts = self.sums(variant.variables, x, y, m, jax.random.PRNGKey(self.shared.seed + b), self.args)
+            counts = self.sums(variant.variables, x, y, m, jax.random.PRNGKey(self.shared.seed + b), args,
+                               bool(inputs.inclusive))
             total = jax.block_until_ready(counts if total is None else jax.tree.map(jnp.add, total, counts))
             progress.advance(min((b + 1) * self.batch_size, n) - min(b * self.batch_size, n),
                              f"{variant.name}: batch {b + 1}")
@@ -239,6 +274,19 @@ class GridProgress:
             self.steady = True
         self.log(f"  {label} | {self.what} {self.done}/{self.total} images | {rate:,.1f} img/s{note} | "
                  f"ETA {writers.format_seconds(eta)} for the whole {self.what}")
+
+
+def row_scalars(row: Any, split: str, name: str, keys: Sequence[str], eps: Sequence[float]) -> Dict[str, float]:
+    """`keys` of a row as metrics.jsonl values (`measure.evaluator_metric` names): a list is
+    one value per eps, None (an attack that was off) is left out."""
+    out = {}
+    for key in keys:
+        value = getattr(row, key)
+        if isinstance(value, (list, tuple)):
+            out.update({measure.evaluator_metric(split, name, key, e): float(v) for e, v in zip(eps, value)})
+        elif value is not None:
+            out[measure.evaluator_metric(split, name, key)] = float(value)
+    return out
 
 
 def mean_spectrum(sums: np.ndarray, counts: np.ndarray):

@@ -30,11 +30,15 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    for r in c.radii:
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not np.isfinite(r) or r < 0:
-            raise UserError(f"radii must be >= 0 and finite, got {list(c.radii)}.")
+    validate_radii(c.radii)
     if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in c.svd_ranks):
         raise UserError(f"svd_ranks must be integers >= 0, got {list(c.svd_ranks)}.")
+
+
+def validate_radii(radii) -> None:
+    for r in radii:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not np.isfinite(r) or r < 0:
+            raise UserError(f"radii must be >= 0 and finite, got {list(radii)}.")
 
 
 def make_predictions(apply_fn: common.ApplyFn, inclusive: bool):

@@ -97,6 +97,10 @@ class Evaluator(common.BatchEvaluator):
         return {"clean": ctx.count(ctx.clean_ok), **{k: ctx.count(v) for k, v in oks.items()},
                 "worst_case": ctx.count(at_max), "worst_case_per_eps": ctx.count(every_eps.at[-1].set(at_max))}
 
+    def scalars(self, row: Row, split: str):
+        keys = ("clean", "fgsm", "pgd", "pgd_strong", "square", "apgd_ce", "apgd_dlr", "worst_case")
+        return common.row_scalars(row, split, self.name, keys, self.cfg.eps)
+
     @staticmethod
     def apgd_losses(ctx: common.BatchContext) -> Sequence[str]:
         """CE, and DLR where the model has the 3+ classes DLR needs."""

@@ -20,19 +20,30 @@ def model_variants(variables, *, rhos: Sequence[float], layers: Sequence[str] = 
                    recalibrate: Optional[Callable[[Dict], Dict]] = None) -> List[common.ModelVariant]:
     """Every rho (names 'rho=R'), then with `recalibrate` (variables -> variables with
     re-estimated BatchNorm statistics) the same again ('rho=R (BN re-estimated)'). A model
-    without parameters (a plain logits function) has one variant, rho = 0, as given."""
+    without parameters (a plain logits function) has one variant, rho = 0, as given; rho = 0
+    is the identity and needs no selected kernel (then the variant has no kernel to draw)."""
     if "params" not in variables:
         return [common.ModelVariant("rho=0", 0.0, False, variables)]
-    smoothing.selected_paths(variables["params"], layers)  # a clear error before any work
+    try:
+        smoothing.selected_paths(variables["params"], layers)  # a clear error before any work
+        selected = True
+    except UserError:
+        if any(float(r) > 0 for r in rhos):
+            raise
+        selected = False
     out = []
     for recal in (False, True) if recalibrate else (False,):
         for rho in rhos:
-            current = {**variables, "params": smoothing.smooth_params(variables["params"], rho, layers=layers)}
+            current, kernel, rough = variables, None, None
+            if selected:
+                current = {**variables, "params": smoothing.smooth_params(variables["params"], rho, layers=layers)}
             if recal:
                 current = recalibrate(current)
-            kernel = np.asarray(jax.device_get(smoothing.first_kernel(current["params"], layers)))
+            if selected:
+                kernel = np.asarray(jax.device_get(smoothing.first_kernel(current["params"], layers)))
+                rough = float(smoothing.roughness(kernel))
             out.append(common.ModelVariant(f"rho={rho:g}" + (" (BN re-estimated)" if recal else ""), float(rho),
-                                           recal, current, kernel, float(smoothing.roughness(kernel))))
+                                           recal, current, kernel, rough))
     return out
 
 
