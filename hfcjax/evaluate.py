@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 
 from hfcjax import (checkpoints, config as config_lib, data, evaluators, external, hashing, locks, plots, reports,
-                    sharding, torch_weights)
+                    robustbench, sharding, torch_weights)
 from hfcjax.evaluators import common, variants as variants_lib
 
 
@@ -92,7 +92,8 @@ def evaluate(workdir, config: Optional[ml_collections.ConfigDict] = None, *, epo
 
 
 def analyse_model(model, images, labels, out_dir=None, *, variables=None, preprocess=None, radii=None,
-                  class_names=(), config: Optional[ml_collections.ConfigDict] = None, **sections) -> Evaluation:
+                  class_names=(), config: Optional[ml_collections.ConfigDict] = None, about: Optional[Dict] = None,
+                  **sections) -> Evaluation:
     """The whole evaluation of any model: `model` is a ``logits_fn(images)``, a Flax module
     (with `variables`) or a ``(module, variables)`` pair; `images` uint8 [N, H, W, C] (or
     floats in [0, 1]) and integer `labels`; `preprocess` (`external.Preprocess`: mean/std,
@@ -110,7 +111,7 @@ def analyse_model(model, images, labels, out_dir=None, *, variables=None, prepro
         log("a plain logits_fn has no parameters to smooth: evaluating rho = 0 only")
         cfg.evaluation.rhos = (0.0,)
     return analyse(apply_fn, variables, images, labels, out_dir, cfg,
-                   radii=radii or external.default_radii(*images.shape[1:3]), class_names=class_names)
+                   radii=radii or external.default_radii(*images.shape[1:3]), class_names=class_names, about=about)
 
 
 def analyse(apply_fn, variables, images, labels, out_dir, cfg: ml_collections.ConfigDict, *, radii,
@@ -158,9 +159,21 @@ def write(out_dir: Path, evaluation: Evaluation, inputs: common.Inputs) -> None:
                                                      "evaluators": list(evaluation.results),
                                                      "config": evaluation.config.to_dict()})
     report = "\n\n".join([*(f"**Note:** {n}" for n in evaluation.about.get("checkpoint_notes", ())),
-                            evaluation.markdown()])
+                            *leaderboard_line(evaluation), evaluation.markdown()])
     reports.atomic_write(out_dir / "report.md", report + "\n")
     log("\n" + report + f"\n\nwritten to {out_dir}/")
+
+
+def leaderboard_line(evaluation: Evaluation):
+    """The RobustBench leaderboard's accuracies beside hfcjax's (with --robustbench_model)."""
+    entry = evaluation.about.get("robustbench")
+    if not entry:
+        return []
+    ours = evaluation.results.get("autoattack")
+    mine = (f"hfcjax on these {evaluation.num_examples} images: clean {100 * ours[0].clean:.2f}%, AutoAttack "
+            f"{100 * ours[0].robust:.2f}%" if ours else "hfcjax: AutoAttack was not run")
+    return [f"**RobustBench** {entry['name']} ({entry['norm']}, eps {entry['eps']:.4g}): clean {entry['clean']:.2f}%, "
+            f"AutoAttack {entry['autoattack']:.2f}% on the 10,000 CIFAR-10 test images; {mine}."]
 
 
 def digest(tree) -> str:
@@ -205,6 +218,13 @@ def define_flags(fv, argv):
                         flag_values=fv)
     flags.DEFINE_enum("arch", None, list(torch_weights.ARCHS), "With --torch_weights: the architecture it holds.",
                       flag_values=fv)
+    flags.DEFINE_enum("activation", "relu", ["relu", "swish"], "With --arch dm_*: the network's activation.",
+                      flag_values=fv)
+    flags.DEFINE_integer("input_padding", 0, "With --arch dm_*: zero pixels the network pads its input with.",
+                         flag_values=fv)
+    flags.DEFINE_string("robustbench_model", None, "With --torch_weights: a RobustBench leaderboard name "
+                        "(hfcjax.robustbench); fills in --arch, --activation, --input_padding, runs AutoAttack at its "
+                        "threat model and prints the leaderboard's accuracies beside hfcjax's.", flag_values=fv)
     flags.DEFINE_bool("shortcut_from_input", True, "With --arch preact_resnet18: blocks project the raw input "
                       "(RobustBench) rather than relu(bn1(x)) (pytorch-cifar).", flag_values=fv)
     flags.DEFINE_string("data", None, "With --model: .npz with images (uint8 [N,H,W,C] or floats in [0, 1]) and "
@@ -292,14 +312,28 @@ def run(F, explicit: bool) -> None:
         return
     if bool(F.model) == bool(F.torch_weights) or not (F.data and F.out):
         raise cli.UsageError("one of --model or --torch_weights, with --data and --out.")
-    if F.torch_weights and not F.arch:
+    entry = robustbench.lookup(F.robustbench_model) if F.robustbench_model else None
+    if entry and not F.torch_weights:
+        raise cli.UsageError("--robustbench_model names the weights of --torch_weights FILE.pt; give the file.")
+    arch = entry.arch if entry else F.arch
+    if F.torch_weights and not arch:
         raise cli.UsageError(f"--torch_weights needs --arch, one of {list(torch_weights.ARCHS)}.")
+    if (arch or "").startswith("dm_") and (F.mean or F.std):
+        raise cli.UsageError("DeepMind networks normalise inside (the mean/std buffers of their state_dict): drop "
+                             "--mean/--std.")
     preprocess = external.Preprocess(tuple(cli.floats(F.mean, "mean")) if F.mean else None,
                                      tuple(cli.floats(F.std, "std")) if F.std else None, F.layout)
     images, labels = external.load_images(F.data)
+    options = entry.options() if entry else {"activation": F.activation, "padding": F.input_padding}
     model = (external.load_factory(F.model) if F.model else
-             torch_weights.load(F.torch_weights, F.arch, shortcut_from_input=F.shortcut_from_input))
-    analyse_model(model, images, labels, F.out, preprocess=preprocess, config=config)
+             torch_weights.load(F.torch_weights, arch, shortcut_from_input=F.shortcut_from_input, **options))
+    sections, about = {}, {}
+    if entry:  # AutoAttack at the leaderboard's threat model, unless the command line says otherwise
+        told = evaluation_overrides(F).get("autoattack", {})
+        sections["autoattack"] = {k: v for k, v in (("enabled", True), ("norm", entry.norm), ("eps", entry.eps))
+                                  if k not in told}
+        about["robustbench"] = dataclasses.asdict(entry)
+    analyse_model(model, images, labels, F.out, preprocess=preprocess, config=config, about=about, **sections)
 
 
 def entry():

@@ -14,6 +14,13 @@ Architectures (`ARCHS`), with the PyTorch names they read:
   ``out_shortcut=True``): the state_dict cannot tell, so say it with `shortcut_from_input`.
 * ``wrn`` (alias ``wrn28_10``): RobustBench's WideResNet (``blockS.layer.B.bn1/conv1/bn2/conv2/
   convShortcut``, ``bn1``, ``fc``) of any depth and width, read off the tensors.
+* ``dm_wrn``: DeepMind's WideResNet (RobustBench's ``DMWideResNet``: ``init_conv``,
+  ``layer.G.block.B.batchnorm_0/conv_0/batchnorm_1/conv_1/shortcut``, ``batchnorm``, ``logits``,
+  and the ``mean``/``std`` buffers, which stay inside the model) of any depth and width, and
+  ``dm_preact_resnet18`` / ``dm_preact_resnet34`` (``DMPreActResNet``: ``conv_2d``,
+  ``layer_S.B.batchnorm_0/conv_2d_1/batchnorm_1/conv_2d_2/shortcut``). Their activation
+  (``activation="relu"|"swish"``) and input padding (``padding``) are not in the state_dict:
+  say them, or take them from `hfcjax.robustbench`'s table.
 
 The module returned takes pixels in [0, 1], NHWC, like every hfcjax model, and pads like
 PyTorch (``symmetric_padding``); the torch model's own normalisation is the caller's
@@ -33,10 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hfcjax import models
+from hfcjax import dm_models, models
 from hfcjax.errors import UserError
 
-ARCHS = ("resnet18", "resnet50", "preact_resnet18", "wrn", "wrn28_10")
+ARCHS = ("resnet18", "resnet50", "preact_resnet18", "wrn", "wrn28_10", "dm_wrn", "dm_preact_resnet18",
+         "dm_preact_resnet34")
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
 _PREFIXES = ("module.", "model.", "net.")
 _IGNORED = re.compile(r"(^|\.)num_batches_tracked$")
@@ -73,32 +81,40 @@ def load(path, arch: str, **options) -> Tuple[Any, Dict]:
     return convert(state, arch, **options)
 
 
-def convert(state_dict: Mapping[str, Any], arch: str, *, shortcut_from_input: bool = True) -> Tuple[Any, Dict]:
+def convert(state_dict: Mapping[str, Any], arch: str, *, shortcut_from_input: bool = True, activation: str = "relu",
+            padding: int = 0) -> Tuple[Any, Dict]:
     """(module, variables) equal to the PyTorch model of `arch` with these weights.
-    `shortcut_from_input` only concerns ``preact_resnet18`` (see the module docstring)."""
+    `shortcut_from_input` only concerns ``preact_resnet18``; `activation` and `padding` the
+    DeepMind networks (see the module docstring)."""
     if arch not in ARCHS:
         raise UserError(f"unknown architecture {arch!r}; choose one of {list(ARCHS)}.")
+    if activation not in dm_models.ACTIVATIONS:
+        raise UserError(f"unknown activation {activation!r}; choose one of {list(dm_models.ACTIVATIONS)}.")
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise UserError(f"padding must be an integer >= 0 (pixels added on every side), got {padding!r}.")
     state = _arrays(_unwrap(state_dict))
+    options = {"shortcut_from_input": shortcut_from_input, "activation": activation, "padding": padding}
     try:
-        module, variables = _build(state, arch, shortcut_from_input)
+        module, variables = _build(state, arch, options)
     except ValueError as e:
         fits = [a for a in _LAYOUTS if a != arch and _fits(state, a)]
         raise UserError(f"{e}{f' (it converts as --arch {fits[0]})' if fits else ''}") from None
     return module, jax.tree.map(jnp.asarray, variables)
 
 
-def _build(state, arch, shortcut_from_input):
-    module, layers = _LAYOUTS["wrn" if arch == "wrn28_10" else arch](state, shortcut_from_input)
-    channels = _get(state, "conv1.weight").shape[1]
+def _build(state, arch, options):
+    module, layers = _LAYOUTS["wrn" if arch == "wrn28_10" else arch](state, options)
+    channels = _get(state, f"{layers[0][1]}.weight").shape[1]
     expected = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, channels)))
     variables, used = _fill(state, layers)
-    _check(arch, state, used, expected, variables)
+    buffers = set(_NORMALISATION) & set(state) if arch.startswith("dm_") else set()  # inside the DeepMind model
+    _check(arch, state, used | buffers, expected, variables)
     return module, variables
 
 
 def _fits(state, arch) -> bool:
     try:
-        _build(state, arch, True)
+        _build(state, arch, {"shortcut_from_input": True, "activation": "relu", "padding": 0})
         return True
     except ValueError:
         return False
@@ -107,7 +123,7 @@ def _fits(state, arch) -> bool:
 # --------------------------------------------------------------------------- architectures
 
 
-def _resnet(state, _, blocks, convs):
+def _resnet(state, blocks, convs):
     imagenet = _get(state, "conv1.weight").shape[-1] == 7
     num_classes = _get(state, _either(state, "fc.weight", "linear.weight")).shape[0]
     module = models.create_model("resnet18" if convs == 2 else "resnet50", num_classes, batch_norm=True,
@@ -160,14 +176,60 @@ def _preact(state, shortcut_from_input, *, stage, block_prefix, shortcut, final,
     return module, layers
 
 
+_NORMALISATION = ("mean", "std")  # DeepMind's buffers, [C, 1, 1]
+
+
+def _dm(state, options, *, wide):
+    """DeepMind's WideResNet (`wide`) or PreActResNet: blocks read off the tensors."""
+    group, block = ("layer.{}.block.", "{}.") if wide else ("layer_{}.", "{}.")
+    stem, names = ("init_conv", ("batchnorm_0", "conv_0", "batchnorm_1", "conv_1")) if wide else (
+        "conv_2d", ("batchnorm_0", "conv_2d_1", "batchnorm_1", "conv_2d_2"))
+    counts, layers = [], [(stem, stem, "conv")]
+    for g in range(3 if wide else 4):
+        prefix = group.format(g)
+        n = len({int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))})
+        counts.append(n)
+        for b in range(n):
+            torch_block, flax_block = prefix + block.format(b), f"layer_{g}_block_{b}"
+            layers += [(f"{flax_block}/{name}", torch_block + name, "bn" if name.startswith("batchnorm") else "conv")
+                       for name in names]
+            if torch_block + "shortcut.weight" in state:
+                layers.append((f"{flax_block}/shortcut", torch_block + "shortcut", "conv"))
+    if not counts[0] or len(set(counts)) != 1 and wide:
+        raise UserError(f"the state_dict's block groups hold {counts} blocks: not a DeepMind "
+                        f"{'WideResNet' if wide else 'PreActResNet'}.")
+    layers += [("batchnorm", "batchnorm", "bn"), ("logits", "logits", "dense")]
+    channels = _get(state, f"{stem}.weight").shape[1]
+    mean = tuple(np.ravel(state.get("mean", np.zeros(channels))).tolist())
+    std = tuple(np.ravel(state.get("std", np.ones(channels))).tolist())
+    common = dict(num_classes=_get(state, "logits.weight").shape[0], activation=options["activation"], mean=mean,
+                  std=std, padding=options["padding"])
+    if wide:
+        width = _get(state, "layer.0.block.0.conv_0.weight").shape[0] // 16
+        return dm_models.DMWideResNet(depth=6 * counts[0] + 4, width=width, **common), layers
+    return dm_models.DMPreActResNet(blocks=tuple(counts), **common), layers
+
+
+def _dm_preact(state, options, blocks):
+    module, layers = _dm(state, options, wide=False)
+    if tuple(module.blocks) != blocks:
+        raise UserError(f"the state_dict has {tuple(module.blocks)} blocks per stage, not {blocks}: is the "
+                        "architecture right?")
+    return module, layers
+
+
 _LAYOUTS = {
-    "resnet18": lambda state, _: _resnet(state, _, (2, 2, 2, 2), 2),
-    "resnet50": lambda state, _: _resnet(state, _, (3, 4, 6, 3), 3),
-    "preact_resnet18": lambda state, from_input: _preact(state, from_input, stage="layer", block_prefix="",
-                                                         shortcut="shortcut.0", final="bn", logits="linear"),
+    "resnet18": lambda state, _: _resnet(state, (2, 2, 2, 2), 2),
+    "resnet50": lambda state, _: _resnet(state, (3, 4, 6, 3), 3),
+    "preact_resnet18": lambda state, options: _preact(state, options["shortcut_from_input"], stage="layer",
+                                                      block_prefix="", shortcut="shortcut.0", final="bn",
+                                                      logits="linear"),
     # RobustBench's WideResNet projects relu(bn1(x)) in its widening blocks.
     "wrn": lambda state, _: _preact(state, False, stage="block", block_prefix="layer.", shortcut="convShortcut",
                                     final="bn1", logits="fc"),
+    "dm_wrn": lambda state, options: _dm(state, options, wide=True),
+    "dm_preact_resnet18": lambda state, options: _dm_preact(state, options, (2, 2, 2, 2)),
+    "dm_preact_resnet34": lambda state, options: _dm_preact(state, options, (3, 4, 6, 3)),
 }
 
 

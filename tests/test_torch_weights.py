@@ -29,14 +29,16 @@ def randomised(model, seed=0):
     return model.eval()
 
 
-def same_logits(model, arch, size=32, n=4, **options):
+def same_logits(model, arch, size=32, n=4, relative=None, **options):
+    """Converted logits equal torch's: within 1e-4 * max(1, max |logit|), or with `relative`
+    within relative * max |logit| (RobustBench parity: 1e-5)."""
     x = np.random.default_rng(1).random((n, size, size, 3), dtype=np.float32)
     with torch.no_grad():
         expected = model(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     module, variables = torch_weights.convert(model.state_dict(), arch, **options)
     got = np.asarray(module.apply(variables, x))
-    scale = max(1.0, float(np.abs(expected).max()))
-    assert np.abs(got - expected).max() <= 1e-4 * scale, (np.abs(got - expected).max(), scale)
+    scale = float(np.abs(expected).max()) if relative else max(1.0, float(np.abs(expected).max()))
+    assert np.abs(got - expected).max() <= (relative or 1e-4) * scale, (np.abs(got - expected).max(), scale)
     return module, variables
 
 
@@ -159,3 +161,56 @@ def test_a_pickled_object_is_refused_without_torchs_weights_only_advice(tmp_path
                                          r"dict\(\), path\)\.$") as error:
         torch_weights.load(path, "resnet18")
     assert "weights_only" not in str(error.value)
+
+
+@pytest.mark.parametrize("activation, padding", [("swish", 0), ("relu", 0), ("swish", 4)])
+def test_deepmind_wide_resnet_gives_robustbenchs_logits(activation, padding):
+    """Any depth and width; mean/std buffers stay inside; swish; input padding (a 40x40 map)."""
+    from benchmarks.torch_dm import DMWideResNet
+
+    model = randomised(DMWideResNet(classes=10, depth=16, width=2, activation=activation, padding=padding))
+    module, _ = same_logits(model, "dm_wrn", relative=1e-5, activation=activation, padding=padding)
+    assert (module.depth, module.width, module.activation) == (16, 2, activation)
+    assert module.mean == pytest.approx((0.4914, 0.4822, 0.4465))
+
+
+def test_deepmind_preact_resnet18_gives_robustbenchs_logits():
+    from benchmarks.torch_dm import DMPreActResNet
+
+    same_logits(randomised(DMPreActResNet(activation="swish")), "dm_preact_resnet18", n=2, relative=1e-5,
+                activation="swish")
+    with pytest.raises(ValueError, match=r"has \(2, 2, 2, 2\) blocks per stage, not \(3, 4, 6, 3\)"):
+        torch_weights.convert(DMPreActResNet().state_dict(), "dm_preact_resnet34")
+    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+        torch_weights.convert(DMPreActResNet().state_dict(), "dm_preact_resnet18", activation="gelu")
+
+
+def test_robustbench_model_fills_in_the_architecture_runs_autoattack_and_prints_the_leaderboard(tmp_path, run_cli):
+    import json
+
+    from benchmarks.torch_dm import DMPreActResNet
+
+    model = randomised(DMPreActResNet(activation="swish"))
+    torch.save(model.state_dict(), tmp_path / "r18.pt")
+    images = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        labels = model(torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)).argmax(1).numpy()
+    np.savez(tmp_path / "data.npz", images=images, labels=labels)
+    base = ["--data", tmp_path / "data.npz", "--out", tmp_path / "report", "--torch_weights", tmp_path / "r18.pt",
+            "--config.evals.robustness.enabled=False", "--config.evals.spectra.enabled=False",
+            "--config.evals.frequency.enabled=False", "--config.evals.checks.enabled=False",
+            "--config.evaluation.rhos=(0,)", "--config.evaluation.batch_size=4", "--config.evals.autoattack.version=custom",
+            "--config.evals.autoattack.attacks=('apgd-ce',)", "--config.evals.autoattack.apgd_steps=2"]
+    code, _, err = run_cli(evaluate.main, *base, "--robustbench_model", "Rebuffi2021Fixing_R18_ddpm")
+    assert code == 0, err[-2000:]
+    saved = json.loads((tmp_path / "report" / "autoattack.json").read_text())
+    assert saved["eps"] == pytest.approx(8 / 255) and saved["norm"] == "linf" and saved["clean_accuracy"] == 1.0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "**RobustBench** Rebuffi2021Fixing_R18_ddpm (linf, eps 0.03137): clean 83.53%, AutoAttack 56.66%" in report
+    assert "hfcjax on these 4 images: clean 100.00%" in report
+    for extra, message in ((["--robustbench_model", "Nobody2099"], "is not in hfcjax's table"),
+                           (["--robustbench_model", "Rebuffi2021Fixing_R18_ddpm", "--mean", "0.5,0.5,0.5"],
+                            "DeepMind networks normalise inside")):
+        code, _, err = run_cli(evaluate.main, *base, *extra)
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert code == 2 and len(errors) == 1 and message in errors[0], err[-2000:]
