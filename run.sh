@@ -17,6 +17,11 @@ setup() {
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q -e ".[${extras}]"
+    if [ "$extras" = test ]; then
+      # The AutoAttack parity test's reference. Without its dependency pins (requests~=2.25 would
+      # downgrade requests); what it imports (torch, numpy, scipy) is already installed.
+      "$VENV/bin/python" -m pip install -q --no-deps "torchattacks==3.5.1"
+    fi
     touch "$stamp"
   fi
 }

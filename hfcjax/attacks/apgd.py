@@ -68,7 +68,7 @@ def apgd_run(logits_fn: core.LogitsFn, images, labels, eps, *, steps: int = 100,
     and whether one did. With `key`, starts at random in the eps-ball."""
     core.check_inputs(logits_fn, images, labels, eps)
     _check(logits_fn, images, loss, norm, steps, targets)
-    unroll = backend.pgd_unroll() if unroll is None else unroll
+    unroll = backend.attack_unroll(steps) if unroll is None else unroll
 
     def evaluate(z):
         def total(q):

@@ -1,0 +1,56 @@
+"""hfcjax's AutoAttack against torchattacks' (3.5.1, the reference the issue names) on the same
+small trained model and images: the same robust accuracy, to within 1% of the images."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchattacks = pytest.importorskip("torchattacks")
+
+import jax.numpy as jnp  # noqa: E402
+
+from hfcjax import data, evaluators  # noqa: E402
+from hfcjax.evaluators import common, variants  # noqa: E402
+
+EPS = 0.04
+N = 100
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir):
+    """A 784-64-10 MLP trained for two epochs on 6,000 Fashion-MNIST images, and 100 test images."""
+    torch.manual_seed(0)
+    x, y = data.load("fashion_mnist", "train")
+    x = torch.from_numpy(x[:6000].astype(np.float32) / 255).permute(0, 3, 1, 2)
+    y = torch.from_numpy(y[:6000].astype(np.int64))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(2):
+        for i in range(0, 6000, 100):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i:i + 100]), y[i:i + 100]).backward()
+            opt.step()
+    model.eval()
+    images, labels = data.load("fashion_mnist", "test")
+    return model, images[:N], labels[:N].astype(np.int32)
+
+
+def test_standard_autoattack_matches_torchattacks_within_one_percent(trained):
+    model, images, labels = trained
+    x = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2)
+    adv = torchattacks.AutoAttack(model, norm="Linf", eps=EPS, version="standard", n_classes=10, seed=0)(
+        x, torch.from_numpy(labels.astype(np.int64)))
+    with torch.no_grad():
+        theirs = float((model(adv).argmax(1).numpy() == labels).mean())
+        clean = float((model(x).argmax(1).numpy() == labels).mean())
+
+    w1, b1, w2, b2 = (jnp.asarray(p.detach().numpy()) for p in model.parameters())
+    fn = lambda variables, z: jnp.maximum(z.reshape(z.shape[0], -1) @ w1.T + b1, 0) @ w2.T + b2
+    cfg = evaluators.section_defaults("autoattack")
+    cfg.update(enabled=True, eps=EPS)  # standard: APGD-CE, APGD-T, FAB-T, Square 5000, AutoAttack's settings
+    inputs = common.Inputs({}, variants.model_variants({}, rhos=(0.0,)), images, labels, (4.0,))
+    (row,) = evaluators.module("autoattack").Evaluator(fn, cfg, common.Shared(batch_size=N, log=lambda m: None)
+                                                       ).run(inputs)
+    assert row.clean == pytest.approx(clean)
+    assert 0.05 < theirs < clean - 0.1  # a regime where the attacks matter
+    assert abs(row.robust - theirs) <= 1 / N + 1e-9, (row.robust, theirs, row.per_attack)
