@@ -47,11 +47,13 @@ class _Input(nn.Module):
         return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
 
 
-class _WideBlock(nn.Module):
+class _Block(nn.Module):
     features: int
     strides: int
     activation: str
 
+
+class _WideBlock(_Block):
     @nn.compact
     def __call__(self, x, train):
         act = ACTIVATIONS[self.activation]
@@ -65,16 +67,21 @@ class _WideBlock(nn.Module):
         return shortcut + out
 
 
-class DMWideResNet(nn.Module):
-    """WideResNet-depth-width: ``(depth - 4) / 6`` blocks per group, widths 16 w, 32 w, 64 w."""
+class _DMNet(nn.Module):
+    """What both networks take: classes, activation, the input's normalisation and padding."""
 
     num_classes: int = 10
-    depth: int = 28
-    width: int = 10
     activation: str = "relu"
     mean: Tuple[float, ...] = (0.0, 0.0, 0.0)
     std: Tuple[float, ...] = (1.0, 1.0, 1.0)
     padding: int = 0
+
+
+class DMWideResNet(_DMNet):
+    """WideResNet-depth-width: ``(depth - 4) / 6`` blocks per group, widths 16 w, 32 w, 64 w."""
+
+    depth: int = 28
+    width: int = 10
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -87,11 +94,7 @@ class DMWideResNet(nn.Module):
         return _head(x, train, self.activation, 8, self.num_classes)
 
 
-class _PreActBlock(nn.Module):
-    features: int
-    strides: int
-    activation: str
-
+class _PreActBlock(_Block):
     @nn.compact
     def __call__(self, x, train):
         act = ACTIVATIONS[self.activation]
@@ -103,15 +106,10 @@ class _PreActBlock(nn.Module):
         return out + shortcut
 
 
-class DMPreActResNet(nn.Module):
+class DMPreActResNet(_DMNet):
     """PreActResNet-18 (blocks 2, 2, 2, 2) or -34 (3, 4, 6, 3), widths 64 to 512."""
 
-    num_classes: int = 10
     blocks: Sequence[int] = (2, 2, 2, 2)
-    activation: str = "relu"
-    mean: Tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: Tuple[float, ...] = (1.0, 1.0, 1.0)
-    padding: int = 0
 
     @nn.compact
     def __call__(self, x, train: bool = False):

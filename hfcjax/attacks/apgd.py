@@ -5,7 +5,6 @@ target classes. The loop state is a NamedTuple (`ApgdState`)."""
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -95,18 +94,9 @@ def apgd_targeted(logits_fn: core.LogitsFn, images, labels, eps, *, targets: int
     classes = core.num_classes(logits_fn, images)
     if loss == "dlr_targeted" and classes < 4:
         raise UserError(f"targeted DLR needs at least 4 classes, the model has {classes}; use loss='ce_targeted'.")
-    order = jnp.argsort(logits_fn(images), axis=-1)
-    result = None
-    for rank in range(2, min(targets, classes - 1) + 2):
-        run_key = None if key is None else jax.random.fold_in(key, rank)
-        run = functools.partial(apgd_run, logits_fn, images, labels, eps, steps=steps, loss=loss, norm=norm,
-                                targets=order[:, -rank], key=run_key, **kw)
-        if result is None:
-            result = run()
-            continue
-        done = result
-        result = core.keep_first_success(done, jax.lax.cond(jnp.all(done.success), lambda: done, run))
-    return result
+    return core.over_targets(logits_fn, images, targets, lambda target, rank: apgd_run(
+        logits_fn, images, labels, eps, steps=steps, loss=loss, norm=norm, targets=target,
+        key=None if key is None else jax.random.fold_in(key, rank), **kw))
 
 
 def _check(logits_fn, images, loss: str, norm: str, steps: int, targets) -> None:

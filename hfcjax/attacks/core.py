@@ -4,6 +4,7 @@ losses (cross-entropy, margin, DLR)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -77,6 +78,22 @@ def keep_first_success(first: AttackResult, then: AttackResult) -> AttackResult:
     each = take.reshape((-1,) + (1,) * (first.adv.ndim - 1))
     return AttackResult(jnp.where(each, then.adv, first.adv), first.success | then.success,
                         jnp.where(take, then.loss, first.loss))
+
+
+def over_targets(logits_fn: LogitsFn, images, count: int, run: Callable) -> AttackResult:
+    """AutoAttack's targeted loop: ``run(targets, rank)`` towards each of the `count` classes
+    the clean logits rank highest after the first (at most classes - 1), one after another;
+    per example the first success is kept, and a run is skipped once every image is broken."""
+    order = jnp.argsort(logits_fn(images), axis=-1)
+    result = None
+    for rank in range(2, min(count, num_classes(logits_fn, images) - 1) + 2):
+        attempt = functools.partial(run, order[:, -rank], rank)
+        if result is None:
+            result = attempt()
+            continue
+        done = result
+        result = keep_first_success(done, jax.lax.cond(jnp.all(done.success), lambda: done, attempt))
+    return result
 
 
 NORMS = ("linf", "l2")

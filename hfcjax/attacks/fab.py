@@ -108,18 +108,9 @@ def fab_targeted(logits_fn: core.LogitsFn, images, labels, eps, *, targets: int 
     """FAB-T (AutoAttack): `fab` towards each of the `targets` classes the clean logits rank
     highest after the first, one after another; per example the first success is kept, and a
     run is skipped once every image is broken."""
-    classes = core.num_classes(logits_fn, images)
-    order = jnp.argsort(logits_fn(images), axis=-1)
-    result = None
-    for rank in range(2, min(targets, classes - 1) + 2):
-        run = functools.partial(fab, logits_fn, images, labels, eps, norm=norm, steps=steps, targets=order[:, -rank],
-                                key=None if key is None else jax.random.fold_in(key, rank), **kw)
-        if result is None:
-            result = run()
-            continue
-        done = result
-        result = core.keep_first_success(done, jax.lax.cond(jnp.all(done.success), lambda: done, run))
-    return result
+    return core.over_targets(logits_fn, images, targets, lambda target, rank: fab(
+        logits_fn, images, labels, eps, norm=norm, steps=steps, targets=target,
+        key=None if key is None else jax.random.fold_in(key, rank), **kw))
 
 
 def _targeted_boundary(logits_fn, x, labels, targets, norm):
