@@ -1,4 +1,4 @@
-"""python -m benchmarks [--only split,attacks,beyond,train,processes] [--out docs/benchmarks_<cpu|gpu>.md]
+"""python -m benchmarks [--only split,attacks,beyond,train,processes,autoattack] [--out docs/benchmarks_<cpu|gpu>.md]
 
 Runs every benchmark, prints one table of measurements and ratios against baselines
 measured in the same run, and writes it (with the machine) to the output Markdown file.
@@ -39,6 +39,10 @@ def main():
 
         with tempfile.TemporaryDirectory() as tmp:
             rows += print_rows(bench_train.run(tmp))
+    if "autoattack" in wanted:
+        from benchmarks import bench_autoattack
+
+        rows += print_rows(bench_autoattack.run())
     if "processes" in wanted:
         from benchmarks import bench_processes
 

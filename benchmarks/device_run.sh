@@ -17,6 +17,11 @@ t0=$(date +%s)
 timeout "${BENCH_TIMEOUT:-240}" python3 -m benchmarks --out "$OUT/benchmarks_gpu.md" 2>&1 | grep -v "^W0000\|^I0000" | tee "$OUT/bench.log"
 echo "benchmarks: $(( $(date +%s) - t0 ))s"
 
+t0=$(date +%s)  # issue 26: AutoAttack standard on a WRN-28-10 (500 images) against torchattacks' (goal >= 3x)
+timeout "${AUTOATTACK_TIMEOUT:-150}" python3 -m benchmarks --only autoattack --out "$OUT/autoattack_gpu.md" 2>&1 \
+  | grep -v "^W0000\|^I0000" | tail -n 5 | tee "$OUT/autoattack.log"
+echo "autoattack: $(( $(date +%s) - t0 ))s"
+
 t0=$(date +%s)  # issue 15: two processes sharing the card vs one (MNIST CNN)
 timeout "${PROCESSES_TIMEOUT:-120}" python3 -m benchmarks --only processes --out "$OUT/processes_gpu.md" 2>&1 \
   | grep -v "^W0000\|^I0000\|Gloo" | tee "$OUT/processes.log"

@@ -4,7 +4,6 @@ losses (cross-entropy, margin, DLR)."""
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -83,17 +82,18 @@ def keep_first_success(first: AttackResult, then: AttackResult) -> AttackResult:
 def over_targets(logits_fn: LogitsFn, images, count: int, run: Callable) -> AttackResult:
     """AutoAttack's targeted loop: ``run(targets, rank)`` towards each of the `count` classes
     the clean logits rank highest after the first (at most classes - 1), one after another;
-    per example the first success is kept, and a run is skipped once every image is broken."""
+    per example the first success is kept, and a run is skipped once every image is broken.
+    One loop over the ranks (`rank` is traced): the attack compiles once, not once per target."""
+    classes = num_classes(logits_fn, images)
     order = jnp.argsort(logits_fn(images), axis=-1)
-    result = None
-    for rank in range(2, min(count, num_classes(logits_fn, images) - 1) + 2):
-        attempt = functools.partial(run, order[:, -rank], rank)
-        if result is None:
-            result = attempt()
-            continue
-        done = result
-        result = keep_first_success(done, jax.lax.cond(jnp.all(done.success), lambda: done, attempt))
-    return result
+    n = images.shape[0]
+    none = AttackResult(images, jnp.zeros(n, bool), jnp.full(n, -jnp.inf, images.dtype))
+
+    def body(rank, done: AttackResult) -> AttackResult:
+        attempt = lambda: run(order[:, classes - rank], rank)
+        return keep_first_success(done, jax.lax.cond(jnp.all(done.success), lambda: done, attempt))
+
+    return jax.lax.fori_loop(2, min(count, classes - 1) + 2, body, none)
 
 
 NORMS = ("linf", "l2")
