@@ -166,6 +166,28 @@ def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
     return _save(fig, path)
 
 
+def filtering_curves(rows: Sequence[Dict], path) -> str:
+    """Accuracy under low- and high-pass filtering along the radius, and per band-pass ring
+    the accuracy with only the ring kept and with it removed; one colour per rho."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    colours = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
+    for c, row in zip(colours, rows):
+        axes[0].plot(row["radii"], row["low"], "o-", color=c, ms=3, label=row["name"])
+        axes[0].plot(row["radii"], row["high"], "s--", color=c, ms=3)
+        centres = np.asarray(row["ring_starts"]) + row["ring_width"] / 2
+        axes[1].plot(centres, row["ring_only"], "o-", color=c, ms=3)
+        axes[2].plot(centres, row["ring_removed"], "o-", color=c, ms=3)
+        axes[2].axvline(row["critical_band"] + row["ring_width"] / 2, color=c, alpha=0.4, lw=1)
+    for ax, title in zip(axes, ("low-pass (solid) / high-pass (dashed)", "only the ring kept", "the ring removed")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("radius (frequency distance)")
+        ax.grid(alpha=0.3)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[2].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _save(fig, path)
+
+
 def heatmaps(maps: Dict[str, np.ndarray], path, eps: Optional[float] = None, radii: Sequence[float] = ()) -> str:
     """Fourier heat maps side by side (error rate per frequency, zero frequency in the centre,
     one colour scale shared by all maps, from their lowest to their highest error), with the

@@ -156,7 +156,7 @@ def test_model_checks_flag_randomness_softmax_outputs_and_zero_gradients(linear)
 def test_every_evaluator_has_a_section_with_enabled_and_the_config_holds_them():
     names = evaluators.names()
     assert set(names) == {"accuracy", "autoattack", "checks", "robustness", "band", "spectra", "heatmap",
-                          "frequency"}
+                          "frequency", "filtering"}
     config = config_lib.default()
     assert list(config.evals.keys()) == sorted(names) or set(config.evals.keys()) == set(names)
     for name in names:
@@ -280,3 +280,25 @@ def test_autoattack_settings_that_cannot_work_are_one_line(change, message):
     config.evals.autoattack.update(change)
     with pytest.raises(ValueError, match=rf"^config.evals.autoattack\..*{message}"):
         config_lib.validate(config)
+
+
+def test_filtering_curves_and_rings_match_numpy_on_a_linear_model(linear, reference_split, tmp_path):
+    apply_fn, weights, images, labels = linear
+    cfg = section("filtering", enabled=True, radii=(0.0, 2.0, 5.0), ring_width=3.0)
+    evaluator = evaluators.module("filtering").Evaluator(apply_fn, cfg, QUIET)
+    inputs = inputs_of(images, labels)
+    (row,) = evaluator.run(inputs)
+    x = images.astype(np.float64) / 255
+    acc = lambda v: float(np.mean(np.argmax(v.reshape(30, -1) @ weights, -1) == labels))
+    lows = {r: reference_split(x, r)[0] for r in (0.0, 2.0, 3.0, 5.0, 6.0, 8.0, 9.0)}
+    assert row.radii == [0.0, 2.0, 5.0] and row.ring_starts == [0.0, 3.0, 6.0]  # 12x12: largest radius 8.49
+    assert row.low == pytest.approx([acc(lows[r]) for r in row.radii])
+    assert row.high == pytest.approx([acc(x - lows[r]) for r in row.radii])
+    rings = [lows[s + 3.0] - lows[s] for s in row.ring_starts]
+    assert row.ring_only == pytest.approx([acc(ring) for ring in rings])
+    assert row.ring_removed == pytest.approx([acc(x - ring) for ring in rings])
+    assert row.critical_band == row.ring_starts[int(np.argmax(row.clean - np.asarray(row.ring_removed)))]
+    evaluator.write([row], tmp_path, inputs)
+    assert (tmp_path / "filtering.png").stat().st_size > 10_000 and "critical band" in evaluator.markdown([row])
+    with pytest.raises(ValueError, match=r"9 lies beyond the largest radius of 12x12 images \(8.49\)"):
+        evaluators.module("filtering").Evaluator(apply_fn, section("filtering", radii=(9.0,)), QUIET).run(inputs)
