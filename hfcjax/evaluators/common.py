@@ -98,10 +98,11 @@ def check_finite(apply_fn: ApplyFn, variables, images: np.ndarray, batch_size: i
     """Raises UserError naming the first image whose logits are NaN or inf: no accuracy is
     ever computed from them (argmax of NaN is class 0, which would look like a number)."""
     finite_rows = jax.jit(lambda v, x: jnp.all(jnp.isfinite(apply_fn(v, measure.to_unit(x))), axis=-1))
-    for start in range(0, len(images), batch_size):
-        ok = np.asarray(finite_rows(variables, images[start:start + batch_size]))
+    labels = np.zeros(len(images), np.int32)
+    for b, (x, _, mask) in enumerate(data.batches(images, labels, batch_size, shuffle=False, drop_remainder=False)):
+        ok = np.asarray(finite_rows(variables, x)) | (mask == 0)  # fixed-shape batches: one compilation
         if not ok.all():
-            index = start + int(np.argmin(ok))
+            index = b * batch_size + int(np.argmin(ok))
             raise UserError(f"the model's logits are not finite (NaN or inf) on image {index} (and maybe others): "
                             "no accuracy is computed from them. Check the weights (a diverged run?), the "
                             "preprocessing (mean/std, a division by zero) and the images.")
