@@ -1,4 +1,4 @@
-"""python -m benchmarks [--only split,attacks,beyond,train,processes,autoattack] [--out docs/benchmarks_<cpu|gpu>.md]
+"""python -m benchmarks [--only split,attacks,beyond,train,processes,autoattack,evaluators] [--out docs/benchmarks_<cpu|gpu>.md]
 
 Runs every benchmark, prints one table of measurements and ratios against baselines
 measured in the same run, and writes it (with the machine) to the output Markdown file.
@@ -43,6 +43,10 @@ def main():
         from benchmarks import bench_autoattack
 
         rows += print_rows(bench_autoattack.run())
+    if "evaluators" in wanted:
+        from benchmarks import bench_evaluators
+
+        rows += print_rows(bench_evaluators.run())
     if "processes" in wanted:
         from benchmarks import bench_processes
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import cifar_images, on_gpu

@@ -20,6 +20,7 @@ import numbers
 from typing import Tuple
 
 import jax
+import jax.scipy.fft
 import jax.numpy as jnp
 import numpy as np
 
@@ -250,11 +251,59 @@ def radial_spectrum(images) -> jnp.ndarray:
     over the frequencies in each ring; leading batch dims are kept.
     """
     images = _check_images(images)
-    height, width = images.shape[-3], images.shape[-2]
-    ring = np.rint(np.sqrt(squared_distance(height, width))).astype(np.int32)
-    num = int(ring.max()) + 1
-    onehot = jnp.asarray(np.eye(num, dtype=np.float32)[ring])  # [H, W, R]
     power = jnp.abs(jnp.fft.fft2(images, axes=(-3, -2))) ** 2
-    power = jnp.mean(power, axis=-1)  # [..., H, W]
-    total = jnp.einsum("...hw,hwr->...r", power, onehot)
-    return total / onehot.sum(axis=(0, 1))
+    return ring_mean(jnp.mean(power, axis=-1))
+
+
+def ring_mean(values) -> jnp.ndarray:
+    """The mean of per-frequency `values` ``[..., H, W]`` (unshifted, as `fft2` lays them out)
+    per integer radius, the rounded distance to the zero frequency: ``[..., R]``."""
+    height, width = values.shape[-2], values.shape[-1]
+    ring = np.rint(np.sqrt(squared_distance(height, width))).astype(np.int32)
+    onehot = jnp.asarray(np.eye(int(ring.max()) + 1, dtype=np.float32)[ring])  # [H, W, R]
+    return jnp.einsum("...hw,hwr->...r", values, onehot) / onehot.sum(axis=(0, 1))
+
+
+def amplitude_phase(images) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    """Per channel, the amplitude ``|F(x)|`` and the phase ``angle(F(x))`` of the 2-D Fourier
+    transform over H and W (unshifted, ``[..., H, W, C]`` each)."""
+    spectrum = jnp.fft.fft2(_check_images(images), axes=(-3, -2))
+    return jnp.abs(spectrum), jnp.angle(spectrum)
+
+
+def recombine(amplitude, phase) -> jnp.ndarray:
+    """The image whose spectrum has `amplitude` and `phase` (the real part of the inverse
+    transform; `amplitude_phase`'s inverse). With the amplitude of one real image and the
+    phase of another (Chen et al. 2021's amplitude-phase recombination) the spectrum stays
+    Hermitian, so the imaginary part is zero up to rounding. Not clipped to [0, 1]."""
+    return jnp.real(jnp.fft.ifft2(amplitude * jnp.exp(1j * phase), axes=(-3, -2)))
+
+
+def dct_bands(height: int, width: int, block: int, stride: int) -> Tuple[int, ...]:
+    """The starts of the diagonal DCT blocks of Ortiz-Jimenez et al. 2020: block j holds the
+    orthonormal 2-D DCT-II basis images (u, v) with s_j <= u, v < s_j + block, s_j = j * stride,
+    low to high frequency, as many as fit in the smaller side."""
+    if not 1 <= block <= min(height, width):
+        raise UserError(f"a DCT block of {block}x{block} does not fit {height}x{width} images; "
+                        f"choose 1 <= block <= {min(height, width)}.")
+    if stride < 1:
+        raise UserError(f"the stride between DCT blocks must be >= 1, got {stride}.")
+    return tuple(range(0, min(height, width) - block + 1, stride))
+
+
+def dct_block_mask(height: int, width: int, start, block: int) -> jnp.ndarray:
+    """``[H, W, 1]`` 0/1 mask of the DCT coefficients (u, v) with start <= u, v < start + block
+    (`start` may be traced)."""
+    u = jnp.arange(height)[:, None]
+    v = jnp.arange(width)[None, :]
+    inside = (u >= start) & (u < start + block) & (v >= start) & (v < start + block)
+    return inside.astype(jnp.float32)[..., None]
+
+
+def dct_project(images, mask) -> jnp.ndarray:
+    """Orthogonal projection of `images` ``[..., H, W, C]`` onto the span of the orthonormal
+    2-D DCT-II basis images that `mask` ``[H, W, 1 or C]`` keeps (per channel)."""
+    images = _check_images(images)
+    axes = (images.ndim - 3, images.ndim - 2)
+    coefficients = jax.scipy.fft.dctn(images, axes=axes, norm="ortho")
+    return jax.scipy.fft.idctn(coefficients * mask, axes=axes, norm="ortho")

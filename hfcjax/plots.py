@@ -16,7 +16,7 @@ from hfcjax import data, frequency, measure, reports  # noqa: E402
 from hfcjax.errors import UserError
 
 
-def _save(fig, path) -> str:
+def save(fig, path) -> str:
     """Writes atomically (temp file + rename) so a crash never leaves half a PNG."""
     try:
         with reports.atomic_path(path) as tmp:
@@ -26,7 +26,7 @@ def _save(fig, path) -> str:
     return str(path)
 
 
-def _show(ax, image, title=None, symmetric=False):
+def show(ax, image, title=None, symmetric=False):
     image = np.asarray(image, np.float32)
     if symmetric:  # HFC: zero-centred, stretch for visibility
         scale = max(np.abs(image).max(), 1e-8)
@@ -53,13 +53,13 @@ def split_examples(images_u8, radii: Sequence[float], path, labels=None, class_n
         name = ""
         if labels is not None:
             name = class_names[labels[i]] if class_names else str(labels[i])
-        _show(axes[i, 0], images[i], f"original {name}".strip() if i == 0 or name else None)
+        show(axes[i, 0], images[i], f"original {name}".strip() if i == 0 or name else None)
         for k, r in enumerate(radii):
             low, high = parts[k]
-            _show(axes[i, 1 + 2 * k], low[i], f"LFC r={r:g}" if i == 0 else None)
-            _show(axes[i, 2 + 2 * k], high[i], f"HFC r={r:g}" if i == 0 else None, symmetric=True)
+            show(axes[i, 1 + 2 * k], low[i], f"LFC r={r:g}" if i == 0 else None)
+            show(axes[i, 2 + 2 * k], high[i], f"HFC r={r:g}" if i == 0 else None, symmetric=True)
     fig.suptitle("Low/high-frequency split (Wang et al. 2020, Sec. 3.1); HFC stretched for display", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _accuracy_lines(ax, records: Sequence[Dict], split: str, radii: Sequence[float], label: str) -> None:
@@ -92,7 +92,7 @@ def training_curves(records: Sequence[Dict], radii: Sequence[float], path, title
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def kernels(kernel_sets: Dict[str, np.ndarray], path, max_kernels: int = 16) -> str:
@@ -115,7 +115,7 @@ def kernels(kernel_sets: Dict[str, np.ndarray], path, max_kernels: int = 16) -> 
             axes[b * channels + c, 0].set_ylabel(f"{name}\nch{c}" if c == 0 else f"ch{c}", fontsize=6,
                                                   rotation=0, ha="right", va="center")
     fig.suptitle("First-layer kernels (blue < 0 < red)", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, class_names=None) -> str:
@@ -131,12 +131,12 @@ def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, cl
     for i in range(n):
         for j, (key, image) in enumerate((("original", images[i]), ("low", lows[i]), ("high", highs[i]))):
             pred, conf = rows[i][key]
-            _show(axes[i, j], image, symmetric=(key == "high"))
+            show(axes[i, j], image, symmetric=(key == "high"))
             ok = pred == rows[i]["label"]
             axes[i, j].set_title(f"{name(pred)} {conf:.2f}", fontsize=7, color="green" if ok else "red")
         axes[i, 0].set_ylabel(f"true: {name(rows[i]['label'])}", fontsize=7)
     fig.suptitle(f"original | LFC | HFC (r={radius:g}): prediction and confidence", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def figure2(images_u8, radius: float, rows: Sequence[Dict], path, *, inclusive: bool = True,
@@ -163,7 +163,7 @@ def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("accuracy")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def filtering_curves(rows: Sequence[Dict], path) -> str:
@@ -185,7 +185,7 @@ def filtering_curves(rows: Sequence[Dict], path) -> str:
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("accuracy")
     axes[2].legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def heatmaps(maps: Dict[str, np.ndarray], path, eps: Optional[float] = None, radii: Sequence[float] = ()) -> str:
@@ -209,7 +209,7 @@ def heatmaps(maps: Dict[str, np.ndarray], path, eps: Optional[float] = None, rad
     fig.colorbar(image, ax=list(axes[0]), fraction=0.03, label="error rate")
     norm = f" (L2 eps={eps:g})" if eps is not None else ""
     fig.suptitle(f"Fourier heat maps{norm}; dashed circles: radii {', '.join(f'{r:g}' for r in radii)}", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def perturbation_spectra(rows: Sequence[Dict], path) -> str:
@@ -232,7 +232,7 @@ def perturbation_spectra(rows: Sequence[Dict], path) -> str:
     fullest = max(axes[0], key=lambda ax: len(ax.get_lines()))  # a panel may have no successful attack
     if fullest.get_lines():
         fig.legend(*fullest.get_legend_handles_labels(), fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def compare_runs(histories: Dict[str, Sequence[Dict]], radii: Sequence[float], path, split: str = "train",
@@ -257,7 +257,7 @@ def compare_runs(histories: Dict[str, Sequence[Dict]], radii: Sequence[float], p
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def main(argv=None):

@@ -153,9 +153,9 @@ def field(name: str, markdown: Optional[str] = None, csv_name: Optional[str] = "
           fmt: Callable[[Any], str] = fmt3) -> Column:
     """A column reading ``row[name]`` or ``row.name`` for a dataclass row (or that value's
     ``[index]``); the CSV header defaults to `name` and the Markdown header to `markdown`
-    (None: not in Markdown)."""
+    (None: not in Markdown). An indexed None (a list that was not computed) stays None."""
     value = lambda r: getattr(r, name) if dataclasses.is_dataclass(r) else r[name]
-    get = value if index is None else (lambda r: value(r)[index])
+    get = value if index is None else (lambda r: None if value(r) is None else value(r)[index])
     return Column(markdown, name if csv_name == "" else csv_name, get, fmt)
 
 

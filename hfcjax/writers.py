@@ -57,13 +57,28 @@ class JsonlWriter(MetricWriter):
             os.fsync(f.fileno())
 
 
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch
+    only to accept torch tensors (we pass numpy), and that import costs about 2 s of every
+    training process's start where torch is installed. A torch already imported is left alone."""
+    import sys
+
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class TensorboardWriter(MetricWriter):
     """Tensorboard events (tensorboardX) in `directory`: numeric scalars and images."""
 
     def __init__(self, directory):
-        from tensorboardX import SummaryWriter
-
-        self._writer = SummaryWriter(str(directory))
+        self._writer = _summary_writer_class()(str(directory))
 
     def write_scalars(self, step, scalars):
         for key, value in scalars.items():

@@ -156,7 +156,7 @@ def test_model_checks_flag_randomness_softmax_outputs_and_zero_gradients(linear)
 def test_every_evaluator_has_a_section_with_enabled_and_the_config_holds_them():
     names = evaluators.names()
     assert set(names) == {"accuracy", "autoattack", "checks", "robustness", "band", "spectra", "heatmap",
-                          "frequency", "filtering"}
+                          "frequency", "filtering", "phase", "gradients", "margins", "features"}
     config = config_lib.default()
     assert list(config.evals.keys()) == sorted(names) or set(config.evals.keys()) == set(names)
     for name in names:
@@ -302,3 +302,141 @@ def test_filtering_curves_and_rings_match_numpy_on_a_linear_model(linear, refere
     assert (tmp_path / "filtering.png").stat().st_size > 10_000 and "critical band" in evaluator.markdown([row])
     with pytest.raises(ValueError, match=r"9 lies beyond the largest radius of 12x12 images \(8.49\)"):
         evaluators.module("filtering").Evaluator(apply_fn, section("filtering", radii=(9.0,)), QUIET).run(inputs)
+
+
+def test_phase_recombination_rates_match_numpy_on_a_linear_model(linear, tmp_path):
+    apply_fn, weights, images, _ = linear
+    labels = np.random.default_rng(7).integers(0, 4, 30).astype(np.int32)  # many pairs of different labels
+    phase = evaluators.module("phase")
+    evaluator = phase.Evaluator(apply_fn, section("phase", enabled=True, seed=3), QUIET)
+    inputs = inputs_of(images, labels)
+    (row,) = evaluator.run(inputs)
+    x = images.astype(np.float64) / 255
+    spectrum = np.fft.fft2(x, axes=(1, 2))
+    amplitude, angle = np.abs(spectrum), np.angle(spectrum)
+    build = lambda a, p: np.clip(np.real(np.fft.ifft2(a * np.exp(1j * p), axes=(-3, -2))), 0, 1)
+    predict = lambda v: np.argmax(v.reshape(len(v), -1) @ weights, -1)
+    partner = np.arange(30) ^ 1  # batches of 16: the pairs never straddle a batch
+    swapped = predict(build(amplitude[partner], angle))
+    pair = labels[partner] != labels
+    noise_phase = np.angle(np.fft.fft2(np.random.default_rng(3).uniform(size=(12, 12, 3)), axes=(0, 1)))
+    assert row.pairs == int(pair.sum()) > 10
+    assert row.follows_phase == pytest.approx(np.mean(swapped[pair] == labels[pair]))
+    assert row.follows_amplitude == pytest.approx(np.mean(swapped[pair] == labels[partner][pair]))
+    assert row.phase_only == pytest.approx(np.mean(predict(build(amplitude.mean(0), angle)) == labels))
+    assert row.amplitude_only == pytest.approx(np.mean(predict(build(amplitude, noise_phase)) == labels))
+    assert row.clean == pytest.approx(np.mean(predict(x) == labels))
+    assert list(phase.partners(5)) == [1, 0, 3, 2, -1]  # an odd batch's last image has no partner
+    assert evaluator.scalars(row, "test")["test_phase_follows_phase"] == row.follows_phase
+    evaluator.write([row], tmp_path, inputs)
+    assert (tmp_path / "phase.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "phase.json").read_text())["rows"][0]["pairs"] == row.pairs
+
+
+def _ring_means(power):
+    """Mean of `power` [N, H, W] per rounded distance to the centre of the shifted spectrum (a loop)."""
+    h, w = power.shape[1:]
+    ring = np.rint(np.hypot(np.arange(h)[:, None] - h // 2, np.arange(w)[None, :] - w // 2)).astype(int)
+    shifted = np.fft.fftshift(power, axes=(1, 2))
+    return np.stack([[p[ring == r].mean() for r in range(ring.max() + 1)] for p in shifted])
+
+
+def test_gradient_spectra_match_the_closed_form_gradient_of_a_linear_model(linear, reference_split, tmp_path):
+    _, weights, images, labels = linear
+    weights = weights * 0.05  # doubtful everywhere: a float32 gradient of a near-certain softmax is rounding noise
+    apply_fn = lambda variables, x: x.reshape(x.shape[0], -1) @ weights
+    evaluator = evaluators.module("gradients").Evaluator(apply_fn, section("gradients", enabled=True, eps=0.3), QUIET)
+    inputs = inputs_of(images, labels)
+    (row,) = evaluator.run(inputs)
+    x = images.astype(np.float64) / 255
+    logits = x.reshape(30, -1) @ weights
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    gradient = ((p - np.eye(4)[labels]) @ weights.T).reshape(x.shape)  # d CE / d x of a linear model
+    unit = gradient / np.sqrt((gradient ** 2).sum(axis=(1, 2, 3), keepdims=True))
+    spectrum = lambda v: _ring_means((np.abs(np.fft.fft2(v, axes=(1, 2))) ** 2).mean(-1))
+    beyond = lambda v: [np.mean([(reference_split(u[None], r)[1] ** 2).sum() for u in v]) for r in (2.0, 4.0)]
+    assert row.images == 30 and row.radii == [2.0, 4.0]
+    np.testing.assert_allclose(row.gradient_spectrum, spectrum(unit).mean(0), rtol=2e-3, atol=1e-7)
+    np.testing.assert_allclose(row.gradient_high, beyond(unit), rtol=1e-4)
+    predict = lambda v: np.argmax(v.reshape(30, -1) @ weights, -1)
+    success = (predict(x) == labels) & (predict(np.clip(x + 0.3 * np.sign(gradient), 0, 1)) != labels)
+    assert row.fgsm_successes == int(success.sum()) > 0
+    assert row.fgsm == pytest.approx(np.mean((predict(x) == labels) & ~success))
+    signs = np.sign(gradient[success]) / np.sqrt(gradient[0].size)
+    np.testing.assert_allclose(row.sign_spectrum, spectrum(signs).mean(0), rtol=2e-3, atol=1e-7)
+    np.testing.assert_allclose(row.sign_high, beyond(signs), rtol=1e-4)
+    evaluator.write([row], tmp_path, inputs)
+    assert (tmp_path / "gradients.png").stat().st_size > 10_000
+    assert "sign-pattern energy beyond r=4" in (tmp_path / "gradients.md").read_text()
+
+
+def test_subspace_margins_equal_the_closed_form_of_a_linear_model(linear, tmp_path):
+    import scipy.fft
+
+    apply_fn, weights, images, labels = linear
+    cfg = section("margins", enabled=True, block=4, stride=4, overshoot=0.0)
+    evaluator = evaluators.module("margins").Evaluator(apply_fn, cfg, QUIET)
+    inputs = inputs_of(images, labels)
+    (row,) = evaluator.run(inputs)
+    x = images.astype(np.float64).reshape(30, -1) / 255
+    right = np.argmax(x @ weights, -1) == labels
+    w = weights.T.reshape(4, 12, 12, 3).astype(np.float64)
+
+    def closed_form(keep):  # min over k != y of (f_y - f_k) / ||P (w_k - w_y)||
+        projected = scipy.fft.idctn(scipy.fft.dctn(w, axes=(1, 2), norm="ortho") * keep, axes=(1, 2), norm="ortho")
+        out = []
+        for image, y in zip(x[right], labels[right]):
+            f = image @ weights
+            out.append(min((f[y] - f[k]) / np.linalg.norm(projected[k] - projected[y]) for k in range(4) if k != y))
+        return np.asarray(out)
+
+    assert row.band_starts == [0, 4, 8] and row.images == int(right.sum()) == 24
+    margins = np.asarray(row.per_image, np.float64)  # [24, 3 bands + the whole space]
+    for j, s in enumerate(row.band_starts):
+        keep = np.zeros((1, 12, 12, 1))
+        keep[:, s:s + 4, s:s + 4] = 1
+        np.testing.assert_allclose(margins[:, j], closed_form(keep), rtol=1e-3)
+        assert row.median[j] == pytest.approx(np.median(closed_form(keep)), rel=1e-3)
+    np.testing.assert_allclose(margins[:, -1], closed_form(np.ones((1, 12, 12, 1))), rtol=1e-3)
+    assert row.found == [1.0, 1.0, 1.0] and row.full_median < min(row.median)  # a subspace is never closer
+    evaluator.write([row], tmp_path, inputs)
+    assert (tmp_path / "margins.png").stat().st_size > 10_000
+    assert "DCT 4-7" in (tmp_path / "margins.md").read_text()
+    with pytest.raises(ValueError, match="a DCT block of 13x13 does not fit 12x12 images"):
+        evaluators.module("margins").Evaluator(apply_fn, section("margins", block=13), QUIET).run(inputs)
+
+
+class TwoStage(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.relu(nn.Conv(4, (3, 3), name="stem")(x))
+        x = nn.Conv(6, (3, 3), strides=2, name="down")(x)  # 12x12 -> 6x6
+        x = nn.Conv(5, (3, 3), strides=3, name="tiny")(x)  # 2x2: below min_size, left out
+        return nn.Dense(4)(x.mean((1, 2)))
+
+
+def test_feature_map_spectra_match_numpy_on_flaxs_own_intermediates(linear, tmp_path):
+    _, _, images, labels = linear
+    model = TwoStage()
+    variables = model.init(jax.random.key(0), images[:1].astype(np.float32))
+    apply_fn = lambda v, x: model.apply(v, x)
+    evaluator = evaluators.module("features").Evaluator(apply_fn, section("features", enabled=True), QUIET)
+    inputs = inputs_of(images, labels, variables=variables)
+    (row,) = evaluator.run(inputs)
+    _, state = model.apply(variables, images.astype(np.float32) / 255, capture_intermediates=True)
+    assert row.layers == ["stem", "down"] and row.shapes == [[12, 12, 4], [6, 6, 6]]
+    for layer, profile, high in zip(row.layers, row.profiles, row.high):
+        maps = np.asarray(state["intermediates"][layer]["__call__"][0], np.float64)
+        log_amplitude = np.log(np.abs(np.fft.fft2(maps, axes=(1, 2))) + 1e-8).mean(-1)
+        rings = _ring_means(log_amplitude)
+        expected = (rings - rings[:, :1]).mean(0)
+        np.testing.assert_allclose(profile, expected, rtol=1e-3, atol=1e-3)
+        assert high == pytest.approx(expected[maps.shape[1] // 2], abs=1e-3)
+    evaluator.write([row], tmp_path, inputs)
+    assert (tmp_path / "features.png").stat().st_size > 10_000
+    only = section("features", enabled=True, modules="^down$")
+    assert evaluators.module("features").Evaluator(apply_fn, only, QUIET).run(inputs)[0].layers == ["down"]
+    with pytest.raises(ValueError, match="found no feature maps: the model is a plain function"):
+        evaluators.module("features").Evaluator(linear[0], section("features", enabled=True), QUIET).run(
+            inputs_of(images, labels))

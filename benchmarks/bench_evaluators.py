@@ -1,0 +1,95 @@
+"""The frequency evaluators of issue 24 against the model passes each one needs (goal <= 1.2):
+one batch of real CIFAR-10 images through the MNIST CNN, the evaluator's whole compiled call
+(after a first call that compiles) against the same number of plain jitted passes.
+
+- filtering: 1 + 2 x radii + 2 x rings forward passes (each filtered image once);
+- phase: 4 forward passes (clean, recombined, phase-only, amplitude-only);
+- gradients: 1 forward+backward and 2 forward passes (clean, FGSM);
+- features: 1 forward pass;
+- margins: (bands + 1) x steps DeepFool linearisations, each a forward pass and `candidates`
+  backward passes (vmapped); the loop stops early once every image crossed, so this is the
+  most it may need.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import best_time, cifar_images, on_gpu
+from hfcjax import evaluators, frequency, models
+from hfcjax.evaluators import common, filtering, variants
+
+
+def _timed_run(evaluator, inputs, reps: int = 2) -> float:
+    """Best time of the evaluator's whole run on `inputs`, after one run that compiles."""
+    run = lambda: evaluator.run(inputs)
+    if isinstance(evaluator, common.BatchEvaluator):  # the same compiled call every run
+        fused = common.FusedPass([evaluator], progress=False)
+        run = lambda: fused.run(inputs)
+    run()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run():
+    gpu = on_gpu()
+    batch = 256 if gpu else 64
+    model = models.create_model("mnist_cnn", 10, batch_norm=False)
+    images = cifar_images(batch)
+    labels = (np.arange(batch) % 10).astype(np.int32)
+    x = jnp.asarray(images, jnp.float32) / 255
+    variables = model.init(jax.random.key(0), x[:1])
+    apply_fn = lambda v, z: model.apply(v, z)
+    shared = common.Shared(batch_size=batch, log=lambda m: None)
+    inputs = common.Inputs(variables, variants.model_variants(variables, rhos=(0.0,)), images, labels, (4.0, 8.0))
+    forward = jax.jit(lambda v, z: jnp.argmax(apply_fn(v, z), -1))
+    t_fwd = best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=5)
+    grad = jax.jit(jax.grad(lambda v, z: jnp.sum(jax.nn.log_softmax(apply_fn(v, z))[:, 0]), argnums=1))
+    t_grad = best_time(lambda: jax.block_until_ready(grad(variables, x)), reps=5)
+
+    def section(name, **values):
+        c = evaluators.section_defaults(name)
+        c.update(enabled=True, **values)
+        return evaluators.module(name).Evaluator(apply_fn, c, shared)
+
+    rows = []
+    fil = section("filtering")
+    radii = fil.cfg.points
+    rings = len(np.arange(0.0, filtering.largest_radius(32, 32), fil.cfg.ring_width))
+    passes = 1 + 2 * radii + 2 * rings
+    t = _timed_run(fil, inputs)
+    rows.append((f"filtering: {radii} radii + {rings} rings, batch {batch}", batch / t, "img/s",
+                 t / (passes * t_fwd), f"time / ({passes} forward passes) (goal <= 1.2)"))
+    t = _timed_run(section("phase"), inputs)
+    rows.append((f"phase: recombined, phase-only, amplitude-only, batch {batch}", batch / t, "img/s",
+                 t / (4 * t_fwd), "time / (4 forward passes) (goal <= 1.2)"))
+    t = _timed_run(section("gradients"), inputs)
+    rows.append((f"gradients: spectra of gradients and FGSM signs, batch {batch}", batch / t, "img/s",
+                 t / (t_grad + 2 * t_fwd), "time / (1 fwd+bwd + 2 forward passes) (goal <= 1.2)"))
+    t = _timed_run(section("features"), inputs)
+    rows.append((f"features: spectra of every feature map, batch {batch}", batch / t, "img/s", t / t_fwd,
+                 "time / (1 forward pass) (goal <= 1.2)"))
+    mar = section("margins", steps=5)
+    bands = len(frequency.dct_bands(32, 32, mar.cfg.block, mar.cfg.stride)) + 1
+    cot = jax.nn.one_hot(jnp.arange(mar.cfg.candidates)[:, None] % 10, 10) * jnp.ones((1, batch, 1))
+
+    def linearise(v, z):
+        out, pull = jax.vjp(lambda q: apply_fn(v, q), z)
+        return out, jax.vmap(lambda c: pull(c)[0])(cot)
+
+    lin = jax.jit(linearise)
+    t_lin = best_time(lambda: jax.block_until_ready(lin(variables, x)), reps=3)
+    t = _timed_run(mar, inputs, reps=1)
+    most = bands * mar.cfg.steps
+    rows.append((f"margins: {bands - 1} DCT bands + whole space, {mar.cfg.steps} DeepFool steps, "
+                 f"{mar.cfg.candidates} candidates, batch {batch}", batch / t, "img/s", t / (most * t_lin),
+                 f"time / ({most} x (fwd + {mar.cfg.candidates} bwd)) (goal <= 1.2)"))
+    return rows

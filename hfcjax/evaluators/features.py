@@ -1,0 +1,173 @@
+"""`features`: how do the feature maps' spectra change with depth? Park & Kim 2022 (Fig. 2):
+the relative log amplitude of Fourier-transformed feature maps. Every Flax module's output
+that is a feature map ``[B, H, W, C]`` (H, W >= `min_size`) is caught as the model runs
+(`flax.linen.intercept_methods`, so any Flax model: a run's, a ``(module, variables)`` pair,
+converted PyTorch weights); per map, the log amplitude ``log(|F| + 1e-8)`` of each channel's
+2-D Fourier transform is averaged over channels and over the rings of equal frequency; the
+profile is taken relative to the zero frequency and its radius expressed in units of pi
+(pi: the Nyquist frequency along a side, H / 2). `high`: the relative log amplitude at pi,
+the number plotted against depth. Means over the images; one row per model variant. A plain
+function has no modules to look into: use a Flax model.
+
+Files: features.{json,csv,md} and features.png (the profiles by depth; `high` against depth
+for every rho).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hfcjax import frequency, plots, reports
+from hfcjax.evaluators import common
+from hfcjax.errors import UserError
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.enabled = False
+    c.min_size = 4  # smallest feature-map side analysed (a 2x2 map has no spectrum to speak of)
+    c.modules = ".*"  # regex on module paths ('Conv_0', 'layer1/BasicBlock_0', ...); only matches are kept
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    import re
+
+    common.check_int(c, "min_size", 2)
+    try:
+        re.compile(c.modules)
+    except (re.error, TypeError) as e:
+        raise ValueError(f"modules must be a regular expression, got {c.modules!r} ({e}).") from None
+
+
+def capture(logits_fn, x, min_size: int, pattern: str) -> Tuple[jnp.ndarray, List[Tuple[str, jnp.ndarray]]]:
+    """(logits, [(module path, feature map)]) of one call, in the order the modules return."""
+    import re
+
+    maps, seen = [], {}
+    keep = re.compile(pattern)
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if (context.method_name == "__call__" and isinstance(out, jax.Array) and out.ndim == 4
+                and min(out.shape[1:3]) >= min_size and out.shape[0] == x.shape[0]):
+            path = "/".join(context.module.path) or type(context.module).__name__
+            seen[path] = seen.get(path, 0) + 1
+            name = path if seen[path] == 1 else f"{path}#{seen[path]}"
+            if keep.search(name):
+                maps.append((name, out))
+        return out
+
+    with nn.intercept_methods(interceptor):
+        logits = logits_fn(x)
+    return logits, maps
+
+
+def relative_log_amplitude(feature_map) -> jnp.ndarray:
+    """``[B, R]``: per image, the channel-mean log amplitude per ring minus its value at the
+    zero frequency."""
+    amplitude = jnp.abs(jnp.fft.fft2(feature_map.astype(jnp.float32), axes=(1, 2)))
+    profile = frequency.ring_mean(jnp.mean(jnp.log(amplitude + 1e-8), axis=-1))
+    return profile - profile[:, :1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """Per captured feature map (`layers`, in depth order, with `shapes` H x W x C): the mean
+    relative log amplitude per ring (`profiles`, ring k at k / (H / 2) pi) and at pi (`high`)."""
+
+    name: str
+    rho: float
+    bn_reestimated: bool
+    layers: List[str]
+    shapes: List[List[int]]
+    profiles: List[List[float]]
+    high: List[float]
+
+
+class Evaluator(common.BatchEvaluator):
+    name = "features"
+    Row = Row
+
+    def args(self, inputs: common.Inputs):
+        found = []  # (name, shape) of every map, seen while tracing one image (nothing runs)
+
+        def trace(variables, z):
+            logits, maps = self._capture(lambda y: self.apply_fn(variables, y), z)
+            found.extend((name, m.shape) for name, m in maps)
+            return logits
+
+        jax.eval_shape(trace, inputs.variables, jax.ShapeDtypeStruct((1, *inputs.images.shape[1:]), jnp.float32))
+        names = [n for n, _ in found]
+        if not names:
+            raise UserError("config.evals.features found no feature maps: the model is a plain function (use a Flax "
+                            "model: a run's workdir, a (module, variables) pair or --torch_weights) or no module's "
+                            f"output is [N, H, W, C] with H, W >= min_size={self.cfg.min_size} matching "
+                            f"modules={self.cfg.modules!r}.")
+        self._layers, self._shapes = names, [list(s[1:]) for _, s in found]
+        return {}
+
+    def _capture(self, logits_fn, x):
+        return capture(logits_fn, x, int(self.cfg.min_size), self.cfg.modules)
+
+    def batch_sums(self, ctx: common.BatchContext, args):
+        _, maps = self._capture(ctx.logits_fn, ctx.x)
+        return {name: jnp.sum(relative_log_amplitude(m) * ctx.mask[:, None], axis=0) for name, m in maps}
+
+    def row(self, variant: common.ModelVariant, sums, n: int, seconds: float) -> Row:
+        profiles = [(np.asarray(sums[name]) / n).tolist() for name in self._layers]
+        high = [p[min(shape[0], shape[1]) // 2] for p, shape in zip(profiles, self._shapes)]
+        return Row(name=variant.name, rho=variant.rho, bn_reestimated=variant.bn_reestimated, layers=self._layers,
+                   shapes=self._shapes, profiles=profiles, high=high)
+
+    def columns(self, rows: List[Row]) -> List[reports.Column]:
+        """Every map in the CSV; at most 8, evenly by depth, in the Markdown."""
+        layers = rows[0].layers if rows else []
+        shown = set(np.linspace(0, len(layers) - 1, min(len(layers), 8)).round().astype(int).tolist())
+        return common.variant_columns() + [reports.field("high", name if i in shown else None, f"high_{name}", index=i)
+                                           for i, name in enumerate(layers)]
+
+    def markdown(self, rows: List[Row]) -> str:
+        return ("Relative log amplitude at pi of each feature map (Park & Kim 2022; by depth):\n\n"
+                + reports.render_markdown(rows, self.columns(rows)) + "\n\nProfiles by depth: features.png")
+
+    def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
+        value = {"num_examples": len(inputs.images), "settings": self.cfg.to_dict(),
+                 "rows": [common.to_json(r) for r in rows]}
+        reports.write_table(Path(out_dir), self.name, rows, self.columns(rows), value)
+        figure([common.to_json(r) for r in rows if not r.bn_reestimated], Path(out_dir) / "features.png")
+
+
+def figure(rows: Sequence[Dict], path) -> str:
+    """Left: the first row's (the model as given) relative log amplitude of every feature map
+    against frequency (0 to pi), coloured by depth (Park & Kim 2022, Fig. 2a). Right: the
+    value at pi against depth, one line per row (rho)."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 3.4))
+    if rows:
+        first = rows[0]
+        depth = plots.plt.cm.viridis(np.linspace(0, 1, max(len(first["layers"]), 1)))
+        for c, profile, shape in zip(depth, first["profiles"], first["shapes"]):
+            half = min(shape[0], shape[1]) // 2
+            axes[0].plot(np.arange(half + 1) / half, profile[:half + 1], color=c, lw=1)
+        axes[0].set_title(f"{first['name']}: feature maps, shallow (purple) to deep (yellow)", fontsize=9)
+    colours = plots.plt.cm.plasma(np.linspace(0, 0.85, max(len(rows), 1)))
+    for c, row in zip(colours, rows):
+        axes[1].plot(np.arange(len(row["high"])), row["high"], "o-", color=c, ms=3, label=row["name"])
+    if rows and len(rows[0]["layers"]) <= 12:
+        axes[1].set_xticks(range(len(rows[0]["layers"])), rows[0]["layers"], rotation=60, fontsize=6)
+    axes[0].set_xlabel("frequency (units of pi)", fontsize=8)
+    axes[0].set_ylabel("relative log amplitude", fontsize=8)
+    axes[1].set_xlabel("depth (feature maps in call order)", fontsize=8)
+    axes[1].set_ylabel("relative log amplitude at pi", fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6)
+    return plots.save(fig, path)
