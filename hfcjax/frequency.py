@@ -17,10 +17,9 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
-import jax.scipy.fft
 import jax.numpy as jnp
 import numpy as np
 
@@ -251,32 +250,42 @@ def radial_spectrum(images) -> jnp.ndarray:
     over the frequencies in each ring; leading batch dims are kept.
     """
     images = _check_images(images)
-    power = jnp.abs(jnp.fft.fft2(images, axes=(-3, -2))) ** 2
-    return ring_mean(jnp.mean(power, axis=-1))
+    power = jnp.abs(jnp.fft.rfft2(images, axes=(-3, -2))) ** 2  # real images: half the spectrum says it all
+    return ring_mean(jnp.mean(power, axis=-1), width=images.shape[-2])
 
 
-def ring_mean(values) -> jnp.ndarray:
+def ring_mean(values, width: Optional[int] = None) -> jnp.ndarray:
     """The mean of per-frequency `values` ``[..., H, W]`` (unshifted, as `fft2` lays them out)
-    per integer radius, the rounded distance to the zero frequency: ``[..., R]``."""
-    height, width = values.shape[-2], values.shape[-1]
-    ring = np.rint(np.sqrt(squared_distance(height, width))).astype(np.int32)
-    onehot = jnp.asarray(np.eye(int(ring.max()) + 1, dtype=np.float32)[ring])  # [H, W, R]
-    return jnp.einsum("...hw,hwr->...r", values, onehot) / onehot.sum(axis=(0, 1))
+    per integer radius, the rounded distance to the zero frequency: ``[..., R]``. With
+    `width`, `values` is rfft2's half ``[..., H, width // 2 + 1]`` of a spectrum symmetric
+    under f -> -f (an amplitude, a power): each column that stands for two counts twice."""
+    height = values.shape[-2]
+    full = width is None
+    width = values.shape[-1] if full else width
+    ring = np.rint(np.sqrt(squared_distance(height, width, real_input=not full))).astype(np.int32)
+    weight = np.ones(ring.shape, np.float32)
+    if not full:
+        weight[:, 1:(width + 1) // 2] = 2.0  # the columns whose mirror rfft2 leaves out
+    onehot = np.eye(int(np.rint(np.sqrt(squared_distance(height, width).max()))) + 1, dtype=np.float32)[ring]
+    onehot = onehot * weight[..., None]  # [H, W', R]
+    return jnp.einsum("...hw,hwr->...r", values, jnp.asarray(onehot)) / onehot.sum(axis=(0, 1))
 
 
 def amplitude_phase(images) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Per channel, the amplitude ``|F(x)|`` and the phase ``angle(F(x))`` of the 2-D Fourier
-    transform over H and W (unshifted, ``[..., H, W, C]`` each)."""
-    spectrum = jnp.fft.fft2(_check_images(images), axes=(-3, -2))
+    transform over H and W of real images, as `rfft2` lays it out (``[..., H, W // 2 + 1, C]``
+    each: the other half is their mirror image)."""
+    spectrum = jnp.fft.rfft2(_check_images(images), axes=(-3, -2))
     return jnp.abs(spectrum), jnp.angle(spectrum)
 
 
-def recombine(amplitude, phase) -> jnp.ndarray:
-    """The image whose spectrum has `amplitude` and `phase` (the real part of the inverse
-    transform; `amplitude_phase`'s inverse). With the amplitude of one real image and the
-    phase of another (Chen et al. 2021's amplitude-phase recombination) the spectrum stays
-    Hermitian, so the imaginary part is zero up to rounding. Not clipped to [0, 1]."""
-    return jnp.real(jnp.fft.ifft2(amplitude * jnp.exp(1j * phase), axes=(-3, -2)))
+def recombine(amplitude, phase, width: int) -> jnp.ndarray:
+    """The real image ``[..., H, width, C]`` whose spectrum has `amplitude` and `phase` (both
+    as `amplitude_phase` returns them: its inverse). With one real image's amplitude and
+    another's phase (Chen et al. 2021's amplitude-phase recombination) this is the real part
+    of the inverse of the full recombined spectrum. Not clipped to [0, 1]."""
+    height = amplitude.shape[-3]
+    return jnp.fft.irfft2(amplitude * jnp.exp(1j * phase), s=(height, width), axes=(-3, -2))
 
 
 def dct_bands(height: int, width: int, block: int, stride: int) -> Tuple[int, ...]:
@@ -291,19 +300,25 @@ def dct_bands(height: int, width: int, block: int, stride: int) -> Tuple[int, ..
     return tuple(range(0, min(height, width) - block + 1, stride))
 
 
-def dct_block_mask(height: int, width: int, start, block: int) -> jnp.ndarray:
-    """``[H, W, 1]`` 0/1 mask of the DCT coefficients (u, v) with start <= u, v < start + block
-    (`start` may be traced)."""
-    u = jnp.arange(height)[:, None]
-    v = jnp.arange(width)[None, :]
-    inside = (u >= start) & (u < start + block) & (v >= start) & (v < start + block)
-    return inside.astype(jnp.float32)[..., None]
+def dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix ``C`` (n x n): ``scipy.fft.dct(x, norm="ortho") == C @ x``."""
+    k, i = np.arange(n)[:, None], np.arange(n)[None, :]
+    c = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * i + 1) * k / (2 * n))
+    c[0] /= np.sqrt(2.0)
+    return c
 
 
-def dct_project(images, mask) -> jnp.ndarray:
+def dct_block_project(images, start, block: int) -> jnp.ndarray:
     """Orthogonal projection of `images` ``[..., H, W, C]`` onto the span of the orthonormal
-    2-D DCT-II basis images that `mask` ``[H, W, 1 or C]`` keeps (per channel)."""
+    2-D DCT-II basis images (u, v) with start <= u, v < start + block, per channel (`start`
+    may be traced). The block is a product of a row and a column band, so the projection is
+    two small matrix products, ``A x B`` with ``A = C_H^T diag(rows) C_H`` (and B alike)."""
     images = _check_images(images)
-    axes = (images.ndim - 3, images.ndim - 2)
-    coefficients = jax.scipy.fft.dctn(images, axes=axes, norm="ortho")
-    return jax.scipy.fft.idctn(coefficients * mask, axes=axes, norm="ortho")
+
+    def band(n):
+        c = jnp.asarray(dct_matrix(n), jnp.float32)
+        k = jnp.arange(n)
+        keep = ((k >= start) & (k < start + block)).astype(jnp.float32)
+        return (c.T * keep) @ c  # symmetric
+
+    return jnp.einsum("hk,...kwc,wl->...hlc", band(images.shape[-3]), images, band(images.shape[-2]))

@@ -22,7 +22,7 @@ if "HFCJAX_DATA_DIR" not in os.environ and SHARED_DATA.is_dir():
 _CACHE = os.environ.setdefault("HFCJAX_TEST_JAX_CACHE", str(ROOT / ".jax_cache"))
 if _CACHE:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the small ones add up
 
 
 def pytest_sessionstart(session):

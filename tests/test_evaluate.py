@@ -142,6 +142,28 @@ def test_command_line_takes_settings_from_config_overrides(run_dir, run_cli):
     assert saved["num_examples"] == 20 and "ETA" in out
 
 
+def test_the_frequency_evaluators_run_from_the_command_line_and_write_their_files(run_dir, run_cli):
+    """Issue 24's contract: --config.evals.NAME.enabled=True runs NAME on a run's checkpoint and
+    writes NAME.{json,csv,md} and NAME.png into the evaluation folder."""
+    names = ("filtering", "phase", "gradients", "margins", "features")
+    out = checkpoints.RunDir(run_dir).eval
+    code, stdout, err = run_cli(
+        evaluate.main, "--workdir", run_dir, "--config.evaluation.rhos=(0.0,1.0)",
+        "--config.evaluation.num_examples=16", "--config.evaluation.batch_size=16",
+        "--config.evaluation.recalibrate_bn=no", "--config.evals.robustness.enabled=False",
+        "--config.evals.spectra.enabled=False", "--config.evals.frequency.enabled=False",
+        "--config.evals.filtering.points=3", "--config.evals.filtering.ring_width=8.0",
+        "--config.evals.margins.steps=2", "--config.evals.margins.block=14", "--config.evals.margins.stride=14",
+        *[f"--config.evals.{name}.enabled=True" for name in names])
+    assert code == 0, err
+    for name in names:
+        rows = json.loads((out / f"{name}.json").read_text())["rows"]
+        assert [r["name"] for r in rows] == ["rho=0", "rho=1"], name
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG" and (out / f"{name}.csv").is_file()
+        assert f"## {name}" in (out / "report.md").read_text()
+    assert "margins grid" in stdout and "ETA" in stdout
+
+
 def test_command_line_errors_are_one_line(run_dir, run_cli, tmp_path):
     config_file = tmp_path / "cfg.py"
     config_file.write_text("from hfcjax import config\n\ndef get_config():\n    c = config.default()\n"

@@ -194,11 +194,12 @@ def test_radial_spectrum_matches_loop():
 @settings(max_examples=20, deadline=None)
 @given(image_arrays)
 def test_recombined_spectrum_is_one_images_amplitude_and_the_others_phase(a):
+    width = a.shape[2]
     amplitude, phase = frequency.amplitude_phase(a)
-    np.testing.assert_allclose(frequency.recombine(amplitude, phase), a, atol=1e-5)  # the inverse
+    np.testing.assert_allclose(frequency.recombine(amplitude, phase, width), a, atol=1e-5)  # the inverse
     # b: noise, so no coefficient is near zero (whose phase float32 rounding decides)
     b = np.random.default_rng(a.size).uniform(size=a.shape).astype(np.float32)
-    mixed = np.asarray(frequency.recombine(amplitude, frequency.amplitude_phase(b)[1]), np.float64)
+    mixed = np.asarray(frequency.recombine(amplitude, frequency.amplitude_phase(b)[1], width), np.float64)
     fa, fb = np.fft.fft2(a.astype(np.float64), axes=(1, 2)), np.fft.fft2(b.astype(np.float64), axes=(1, 2))
     np.testing.assert_allclose(mixed, np.real(np.fft.ifft2(np.abs(fa) * np.exp(1j * np.angle(fb)), axes=(1, 2))),
                                atol=1e-5)
@@ -211,12 +212,21 @@ def test_dct_band_projection_is_scipys_and_a_projection(images, start, block):
     import scipy.fft
 
     h, w = images.shape[1:3]
-    mask = frequency.dct_block_mask(h, w, start, block)
     keep = np.zeros((h, w, 1))
     keep[start:start + block, start:start + block] = 1
-    projected = np.asarray(frequency.dct_project(images, mask))
+    projected = np.asarray(frequency.dct_block_project(images, start, block))
     reference = scipy.fft.idctn(scipy.fft.dctn(images.astype(np.float64), axes=(1, 2), norm="ortho") * keep,
                                 axes=(1, 2), norm="ortho")
     np.testing.assert_allclose(projected, reference, atol=1e-5)
-    np.testing.assert_allclose(frequency.dct_project(projected, mask), projected, atol=1e-5)  # idempotent
+    np.testing.assert_allclose(frequency.dct_block_project(projected, start, block), projected, atol=1e-5)
+    np.testing.assert_allclose(frequency.dct_matrix(w) @ images[0, 0, :, 0], scipy.fft.dct(images[0, 0, :, 0],
+                                                                                             norm="ortho"), atol=1e-5)
     assert frequency.dct_bands(28, 28, 8, 4) == (0, 4, 8, 12, 16, 20)
+
+
+@pytest.mark.parametrize("height,width", [(6, 6), (5, 7), (8, 5)])
+def test_ring_mean_of_rfft2_half_equals_the_full_spectrums(height, width):
+    x = np.random.default_rng(height * width).normal(size=(2, height, width, 3))
+    full = np.abs(np.fft.fft2(x, axes=(1, 2))).mean(-1)
+    half = np.abs(np.fft.rfft2(x, axes=(1, 2))).mean(-1)
+    np.testing.assert_allclose(frequency.ring_mean(half, width=width), frequency.ring_mean(full), rtol=1e-5)

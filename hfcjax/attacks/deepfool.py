@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from hfcjax import backend
 from hfcjax.attacks import core
 from hfcjax.errors import UserError
 
@@ -74,8 +75,13 @@ def deepfool(logits_fn: core.LogitsFn, images, labels, *, project: Optional[Call
         active, step = linearise(images + (1 + overshoot) * r)
         return i + 1, r + jnp.where(active.reshape((n,) + (1,) * (images.ndim - 1)), step, 0.0), active
 
-    init = (jnp.int32(0), jnp.zeros_like(images), jnp.ones((n,), bool))
-    _, r, _ = jax.lax.while_loop(cond, body, init)
+    state = (jnp.int32(0), jnp.zeros_like(images), jnp.ones((n,), bool))
+    if backend.attack_unroll(steps) is True:  # a CPU: every step unrolled, no early end (a rolled step: 2x)
+        for _ in range(steps):
+            state = body(state)
+    else:
+        state = jax.lax.while_loop(cond, body, state)
+    r = state[1]
     delta = (1 + overshoot) * r
     crossed = jnp.argmax(logits_fn(images + delta), -1) != labels
     norm = jnp.sqrt(jnp.sum(flat(delta) ** 2, -1))

@@ -74,8 +74,8 @@ def capture(logits_fn, x, min_size: int, pattern: str) -> Tuple[jnp.ndarray, Lis
 def relative_log_amplitude(feature_map) -> jnp.ndarray:
     """``[B, R]``: per image, the channel-mean log amplitude per ring minus its value at the
     zero frequency."""
-    amplitude = jnp.abs(jnp.fft.fft2(feature_map.astype(jnp.float32), axes=(1, 2)))
-    profile = frequency.ring_mean(jnp.mean(jnp.log(amplitude + 1e-8), axis=-1))
+    amplitude = jnp.abs(jnp.fft.rfft2(feature_map.astype(jnp.float32), axes=(1, 2)))  # half: real maps
+    profile = frequency.ring_mean(jnp.mean(jnp.log(amplitude + 1e-8), axis=-1), width=feature_map.shape[2])
     return profile - profile[:, :1]
 
 

@@ -47,20 +47,19 @@ def partners(batch: int) -> np.ndarray:
 
 
 def mean_amplitude(images_u8: np.ndarray) -> np.ndarray:
-    """The mean amplitude spectrum ``[H, W, C]`` of uint8 images, in [0, 1] units (numpy, in
-    float64, so it does not depend on a batch size)."""
-    total = np.zeros(images_u8.shape[1:], np.float64)
+    """The mean amplitude spectrum ``[H, W // 2 + 1, C]`` (rfft2's half) of uint8 images, in
+    [0, 1] units (numpy, in float64, so it does not depend on a batch size)."""
+    total = 0.0
     for start in range(0, len(images_u8), 1000):
         x = images_u8[start:start + 1000].astype(np.float64) / 255.0
-        total += np.abs(np.fft.fft2(x, axes=(-3, -2))).sum(axis=0)
+        total = total + np.abs(np.fft.rfft2(x, axes=(-3, -2))).sum(axis=0)
     return total / len(images_u8)
 
 
 def random_phase(shape, seed: int) -> np.ndarray:
-    """The phase ``[H, W, C]`` of a uniform-noise image: Hermitian, so any amplitude that is
-    Hermitian too (a real image's) recombines into a real image."""
+    """The phase ``[H, W // 2 + 1, C]`` (rfft2's half) of a uniform-noise image of `shape`."""
     noise = np.random.default_rng(seed).uniform(size=shape)
-    return np.angle(np.fft.fft2(noise, axes=(-3, -2)))
+    return np.angle(np.fft.rfft2(noise, axes=(-3, -2)))
 
 
 def variants(x, amplitude_mean, phase_fixed):
@@ -69,10 +68,8 @@ def variants(x, amplitude_mean, phase_fixed):
     amplitude, phase = frequency.amplitude_phase(x)
     p = partners(x.shape[0])
     other = jnp.asarray(np.where(p >= 0, p, np.arange(x.shape[0])))
-    clip = lambda images: jnp.clip(images, 0.0, 1.0)
-    return (clip(frequency.recombine(amplitude[other], phase)),
-            clip(frequency.recombine(amplitude_mean, phase)),
-            clip(frequency.recombine(amplitude, phase_fixed)))
+    build = lambda a, p: jnp.clip(frequency.recombine(a, p, x.shape[-2]), 0.0, 1.0)
+    return build(amplitude[other], phase), build(amplitude_mean, phase), build(amplitude, phase_fixed)
 
 
 @dataclasses.dataclass(frozen=True)
