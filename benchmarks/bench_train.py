@@ -7,7 +7,7 @@ import os
 import jax
 
 from benchmarks.common import best_time, on_gpu
-from hfcjax import config as config_lib, data, sharding, steps, train
+from hfcjax import config as config_lib, data, sharding, steps as steps_lib, train
 
 
 def bench_config(batch_size, dtype, steps):
@@ -22,7 +22,7 @@ def step_inputs(batch_size, dtype, steps, workdir):
     """A real Trainer, its initial state and metric accumulator, and one real CIFAR batch on device."""
     trainer = train.Trainer(bench_config(batch_size, dtype, steps), workdir)
     state = trainer.init()
-    totals = jax.device_put(steps.zero_totals(), trainer.repl)
+    totals = jax.device_put(steps_lib.zero_totals(), trainer.repl)
     images, labels, _ = next(data.batches(trainer.train_images, trainer.train_labels, batch_size, epoch=0))
     x, y = sharding.global_batch(trainer.batch_sh, images, labels)
     return trainer, state, totals, x, y
@@ -88,6 +88,8 @@ def run(workdir):
     rows = []
     # Steps are limited by the CIFAR-10 subset (5,085 images): the real loop feeds real images.
     settings = ([(128, "float32", 20), (512, "bfloat16", 9)] if on_gpu() else [(100, "float32", 3), (256, "float32", 2)])
+    if os.environ.get("BENCH_TRAIN_DTYPE"):  # e.g. bfloat16: only that setting (the GPU script's budget)
+        settings = [s for s in settings if s[1] == os.environ["BENCH_TRAIN_DTYPE"]]
     for batch_size, dtype, steps in settings:
         bare, loop = flax_rates(batch_size, dtype, steps, os.path.join(workdir, f"train{batch_size}"))
         eager = torch_rate(batch_size, dtype, steps)

@@ -1,46 +1,80 @@
 #!/usr/bin/env bash
-# One prepared GPU session (the device tool's machine has jax[cuda], flax, optax, orbax, torch but
-# no internet): install carried wheels, run the benchmark table and the bf16 train-step profile
-# (issue 7), the numeric tests, and with WITH_CIFAR_RUN=1 also train the paper's CIFAR-10 ResNet-18
-# (100 epochs) on the CIFAR-10 subset and evaluate it.
-# Expects: .whl/ (ml_collections, tensorboardX, torchattacks wheels) and .data/ (a copy of
-# ../shared/data/cifar-10-batches-py) carried; writes results under $OUT.
+# One prepared GPU session (issue 26), in the issue's order, under one deadline (DEADLINE seconds
+# from the start; each step gets the smaller of its own limit and what is left, so a slow step
+# shortens the later ones instead of losing the whole call):
+#   1. split: candidate forms and an op profile on 50k CIFAR images, then the split rows
+#   2. bf16 ResNet-18 train step: op profile first, then the rows against torch.compile
+#   3. AutoAttack standard on a WRN-28-10 against torchattacks' (goal >= 3x)
+#   4. CIFAR-10 subset, paper's ResNet-18: the BatchNorm model and M_adversarial for Table 2
+#      (epochs shortened to fit), evaluated with rho 0 / 1, AutoAttack and the frequency evaluators
+# The machine has jax[cuda], flax, optax, orbax, chex, torch but no internet and no ../shared.
+# Expects carried: .whl/ (ml_collections, tensorboardX, torchattacks wheels) and .data/ (a copy of
+# ../shared/data/cifar-10-batches-py). Writes logs and tables under $OUT (and a tarball of the runs).
+# Dry run on a CPU (the CIFAR steps with tiny settings; the benchmarks other than the split are left out): DRY=1 OUT=/tmp/out bash benchmarks/device_run.sh
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HFCJAX_DATA_DIR=$PWD/.data
-export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"
 OUT=${OUT:-/tmp/out}
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import jax, flax, optax, orbax.checkpoint as o; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__)" | tee -a "$OUT/gpu.txt"
+mkdir -p "$OUT"
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1 HFCJAX_DATA_DIR=${HFCJAX_DATA_DIR:-$PWD/.data}
+export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"
+PY=${PY:-python3}
+DEADLINE=${DEADLINE:-520}
+SKIP=",${SKIP:-},"  # steps to leave out, e.g. SKIP=profile_split,bench_autoattack
+START=$(date +%s)
+DRY=${DRY:-0}
+RUNS=/tmp/hfcjax_runs
+rm -rf "$RUNS"
 
-t0=$(date +%s)
-timeout "${BENCH_TIMEOUT:-240}" python3 -m benchmarks --out "$OUT/benchmarks_gpu.md" 2>&1 | grep -v "^W0000\|^I0000" | tee "$OUT/bench.log"
-echo "benchmarks: $(( $(date +%s) - t0 ))s"
+step() {  # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under min(LIMIT, time left), logs to $OUT/NAME.log
+  local name=$1 limit=$2
+  shift 2
+  local left=$(( DEADLINE - ($(date +%s) - START) ))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [[ "$SKIP" == *",$name,"* ]]; then echo "== $name: skipped (SKIP)"; return; fi
+  if [ "$limit" -lt 15 ]; then echo "== $name: skipped (deadline)" | tee -a "$OUT/steps.log"; return; fi
+  local t0=$(date +%s)
+  echo "== $name (limit ${limit}s)"
+  timeout -k 20 "$limit" "$@" 2>&1 | grep -v "^W0000\|^I0000\|Gloo" > "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  tail -n "${TAIL:-14}" "$OUT/$name.log"
+  echo "== $name: rc $rc, $(( $(date +%s) - t0 ))s" | tee -a "$OUT/steps.log"
+}
 
-t0=$(date +%s)  # issue 26: AutoAttack standard on a WRN-28-10 (500 images) against torchattacks' (goal >= 3x)
-timeout "${AUTOATTACK_TIMEOUT:-150}" python3 -m benchmarks --only autoattack --out "$OUT/autoattack_gpu.md" 2>&1 \
-  | grep -v "^W0000\|^I0000" | tail -n 5 | tee "$OUT/autoattack.log"
-echo "autoattack: $(( $(date +%s) - t0 ))s"
+{ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
+  $PY -c "import jax, flax, optax; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__)"
+} | tee "$OUT/gpu.txt"
 
-t0=$(date +%s)  # issue 15: two processes sharing the card vs one (MNIST CNN)
-timeout "${PROCESSES_TIMEOUT:-120}" python3 -m benchmarks --only processes --out "$OUT/processes_gpu.md" 2>&1 \
-  | grep -v "^W0000\|^I0000\|Gloo" | tee "$OUT/processes.log"
-echo "processes: $(( $(date +%s) - t0 ))s"
-
-t0=$(date +%s)
-timeout "${PROFILE_TIMEOUT:-90}" python3 -m benchmarks.profile_step --dtype bfloat16 --batch 512 --steps 3 \
-  --out "$OUT/profile_gpu_bf16.md" 2>&1 | grep -v "^W0000\|^I0000" | tail -n 25
-echo "profile: $(( $(date +%s) - t0 ))s"
-
-if [ "${WITH_CIFAR_RUN:-0}" = 1 ]; then
-  t0=$(date +%s)
-  timeout "${TRAIN_TIMEOUT:-200}" python3 -m hfcjax.main --config configs/cifar_resnet18.py --workdir /tmp/cifar \
-    --config.eval_batch_size=1000 --config.log_every_steps=1000 2>&1 | tail -n 25 | tee "$OUT/train.log"
-  echo "train: $(( $(date +%s) - t0 ))s"
-  t0=$(date +%s)
-  timeout "${EVAL_TIMEOUT:-120}" python3 -m hfcjax.evaluate --workdir /tmp/cifar --config.evaluation.batch_size=1017 2>&1 | tail -n 40 | tee "$OUT/evaluate.log"
-  echo "evaluate: $(( $(date +%s) - t0 ))s"
-  tar czf "$OUT/cifar_resnet18_run.tgz" -C /tmp/cifar metrics.jsonl figures eval 2>/dev/null
+if [ "$DRY" = 1 ]; then  # CPU smoke test of every step with tiny sizes
+  SPLIT_N=1000; EPOCHS_BN=1; EPOCHS_ADV=1; TRAIN_SUB="--config.train_subset=200 --config.test_subset=100"
+  EVAL_N=16; AA="--config.evals.autoattack.apgd_steps=2 --config.evals.autoattack.fab_steps=2 --config.evals.autoattack.square_queries=4"
+  ROB="--config.evals.robustness.eps=(0.03,) --config.evals.robustness.pgd_steps=2 --config.evals.robustness.square_queries=0"
+else
+  SPLIT_N=50000; EPOCHS_BN=${EPOCHS_BN:-40}; EPOCHS_ADV=${EPOCHS_ADV:-20}; TRAIN_SUB=""
+  EVAL_N=${EVAL_N:-500}; AA=""; ROB=""
 fi
 
-timeout "${TEST_TIMEOUT:-90}" python3 -m pytest -q -x -p no:cacheprovider tests/test_frequency.py tests/test_smoothing.py 2>&1 | tail -n 5 | tee "$OUT/tests.log"
+# 1. split
+step profile_split 60 $PY -m benchmarks.profile_split --n $SPLIT_N --out "$OUT/profile_split.md"
+# 2. train step (bf16, batch 512): profile first, then the rows (with the split rows) vs torch.compile
+[ "$DRY" = 1 ] || step profile_step 70 $PY -m benchmarks.profile_step --dtype bfloat16 --batch 512 --steps 3 --out "$OUT/profile_step.md"
+[ "$DRY" = 1 ] || BENCH_TRAIN_DTYPE=bfloat16 step bench_split_train 130 $PY -m benchmarks --only split,train --out "$OUT/bench_split_train.md"
+# 3. AutoAttack vs torchattacks
+[ "$DRY" = 1 ] || step bench_autoattack 150 $PY -m benchmarks --only autoattack --out "$OUT/bench_autoattack.md"
+# 4. CIFAR-10 subset runs for Table 2 (the natural model's rows are in docs/results.md already)
+TRAIN="--config configs/cifar_resnet18.py --config.eval_batch_size=1000 --config.log_every_steps=1000 $TRAIN_SUB"
+step train_bn 75 $PY -m hfcjax.main $TRAIN --workdir $RUNS/natural_bn --config.batch_norm=True --config.num_epochs=$EPOCHS_BN
+step train_adv 110 $PY -m hfcjax.main $TRAIN --workdir $RUNS/adversarial --config.adversarial.enabled=True \
+  --config.num_epochs=$EPOCHS_ADV
+EVAL="--config.evaluation.rhos=(0.0,1.0) --config.evaluation.num_examples=$EVAL_N --config.evaluation.batch_size=500
+  --config.evals.autoattack.enabled=True --config.evals.filtering.enabled=True --config.evals.phase.enabled=True
+  --config.evals.gradients.enabled=True $AA $ROB"
+TAIL=40 step eval_adv 150 $PY -m hfcjax.evaluate --workdir $RUNS/adversarial $EVAL
+TAIL=40 step eval_bn 90 $PY -m hfcjax.evaluate --workdir $RUNS/natural_bn $EVAL
+(cd $RUNS 2>/dev/null && tar czf "$OUT/cifar_runs.tgz" --exclude=checkpoints --exclude='*.lock' . 2>/dev/null)
+echo "total: $(( $(date +%s) - START ))s"
+cat "$OUT/steps.log"
