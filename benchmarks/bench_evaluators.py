@@ -14,7 +14,7 @@ jitted passes over the four batches.
 
 from __future__ import annotations
 
-import time
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -31,30 +31,32 @@ def _timed_run(evaluator, inputs, reps: int = 2) -> float:
     """Best time of the evaluator's whole run on `inputs`, after one run that compiles."""
     run = lambda: evaluator.run(inputs)
     if isinstance(evaluator, common.BatchEvaluator):  # the same compiled call every run
-        fused = common.FusedPass([evaluator], progress=False)
-        run = lambda: fused.run(inputs)
-    run()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        run = functools.partial(common.FusedPass([evaluator], progress=False).run, inputs)
+    return best_time(run, reps=reps)
+
+
+def _setup(model_name: str, batch: int, **model_kwargs):
+    """(apply_fn, variables, Inputs of BATCHES x batch real CIFAR images, first batch as floats,
+    time of BATCHES jitted forward passes) for a freshly initialised `model_name`."""
+    model = models.create_model(model_name, 10, **model_kwargs)
+    images = cifar_images(BATCHES * batch)
+    labels = (np.arange(len(images)) % 10).astype(np.int32)
+    x = jnp.asarray(images[:batch], jnp.float32) / 255
+    variables = model.init(jax.random.key(0), x[:1])
+    train_kw = {"train": False} if model_kwargs.get("batch_norm") else {}
+    apply_fn = lambda v, z: model.apply(v, z, **train_kw)
+    inputs = common.Inputs(variables, variants.model_variants(variables, rhos=(0.0,)), images, labels, (4.0, 8.0))
+    forward = jax.jit(lambda v, z: jnp.argmax(apply_fn(v, z), -1))
+    t_fwd = BATCHES * best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=3)
+    return apply_fn, variables, inputs, x, t_fwd
 
 
 def run():
     gpu = on_gpu()
     batch = 256 if gpu else 64
-    model = models.create_model("mnist_cnn", 10, batch_norm=False)
-    images = cifar_images(BATCHES * batch)
-    labels = (np.arange(len(images)) % 10).astype(np.int32)
-    x = jnp.asarray(images[:batch], jnp.float32) / 255
-    variables = model.init(jax.random.key(0), x[:1])
-    apply_fn = lambda v, z: model.apply(v, z)
+    apply_fn, variables, inputs, x, t_fwd = _setup("mnist_cnn", batch, batch_norm=False)
+    images, labels = inputs.images, inputs.labels
     shared = common.Shared(batch_size=batch, log=lambda m: None)
-    inputs = common.Inputs(variables, variants.model_variants(variables, rhos=(0.0,)), images, labels, (4.0, 8.0))
-    forward = jax.jit(lambda v, z: jnp.argmax(apply_fn(v, z), -1))
-    t_fwd = BATCHES * best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=5)
     grad = jax.jit(jax.grad(lambda v, z: jnp.sum(jax.nn.log_softmax(apply_fn(v, z))[:, 0]), argnums=1))
     t_grad = BATCHES * best_time(lambda: jax.block_until_ready(grad(variables, x)), reps=5)
 
@@ -69,13 +71,13 @@ def run():
     rings = len(np.arange(0.0, filtering.largest_radius(32, 32), fil.cfg.ring_width))
     passes = 1 + 2 * radii + 2 * rings
     t = _timed_run(fil, inputs)
-    rows.append((f"filtering: {radii} radii + {rings} rings, {BATCHES} x {batch} images", len(images) / t, "img/s",
+    rows.append((f"filtering: {radii} radii + {rings} rings, {BATCHES} x {batch} images", len(inputs.images) / t, "img/s",
                  t / (passes * t_fwd), f"time / ({passes} forward passes) (goal <= 1.2)"))
     t = _timed_run(section("phase"), inputs)
-    rows.append((f"phase: recombined, phase-only, amplitude-only, {BATCHES} x {batch} images", len(images) / t, "img/s",
+    rows.append((f"phase: recombined, phase-only, amplitude-only, {BATCHES} x {batch} images", len(inputs.images) / t, "img/s",
                  t / (4 * t_fwd), "time / (4 forward passes) (goal <= 1.2)"))
     t = _timed_run(section("gradients"), inputs)
-    rows.append((f"gradients: spectra of gradients and FGSM signs, {BATCHES} x {batch} images", len(images) / t, "img/s",
+    rows.append((f"gradients: spectra of gradients and FGSM signs, {BATCHES} x {batch} images", len(inputs.images) / t, "img/s",
                  t / (t_grad + 2 * t_fwd), "time / (1 fwd+bwd + 2 forward passes) (goal <= 1.2)"))
     t = _timed_run(section("features"), inputs)
     rows.append((f"features: spectra of every feature map, {BATCHES} x {batch} images", len(images) / t, "img/s", t / t_fwd,
@@ -103,18 +105,10 @@ def run():
 def _features_resnet(gpu: bool):
     """The `features` row on ResNet-18 (BatchNorm, CIFAR-10 images): its every module output."""
     batch = 128 if gpu else 32
-    model = models.create_model("resnet18", 10, batch_norm=True)
-    images = cifar_images(BATCHES * batch)
-    labels = (np.arange(len(images)) % 10).astype(np.int32)
-    x = jnp.asarray(images[:batch], jnp.float32) / 255
-    variables = model.init(jax.random.key(0), x[:1])
-    apply_fn = lambda v, z: model.apply(v, z, train=False)
-    forward = jax.jit(lambda v, z: jnp.argmax(apply_fn(v, z), -1))
-    t_fwd = BATCHES * best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=3)
+    apply_fn, variables, inputs, _, t_fwd = _setup("resnet18", batch, batch_norm=True)
     c = evaluators.section_defaults("features")
     c.enabled = True
     evaluator = evaluators.module("features").Evaluator(apply_fn, c, common.Shared(batch_size=batch, log=lambda m: None))
-    inputs = common.Inputs(variables, variants.model_variants(variables, rhos=(0.0,)), images, labels, (4.0,))
     t = _timed_run(evaluator, inputs)
-    return (f"features: ResNet-18, every module's output, {BATCHES} x {batch} images", len(images) / t, "img/s",
+    return (f"features: ResNet-18, every module's output, {BATCHES} x {batch} images", len(inputs.images) / t, "img/s",
             t / t_fwd, "time / (1 forward pass) (goal <= 1.2)")

@@ -10,6 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from hfcjax import attacks, data, models
 
+FAST_COMPILE = True  # compilation is most of this module's time (conftest._fast_compile)
+
 SHAPE = (6, 4, 4, 2)
 
 

@@ -14,6 +14,8 @@ import pytest
 from hfcjax import config as config_lib, evaluators, measure, smoothing, writers
 from hfcjax.evaluators import checks, common, frequency, variants
 
+FAST_COMPILE = True  # compilation is most of this module's time (conftest._fast_compile)
+
 QUIET = common.Shared(batch_size=16, log=lambda m: None)
 
 

@@ -9,6 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from hfcjax import heatmap
 
+FAST_COMPILE = True  # compilation is most of this module's time (conftest._fast_compile)
+
 
 def reference_basis(h, w, a, b):
     """Centred cell (a, b): the real image whose DFT is 1 at that frequency and its conjugate."""

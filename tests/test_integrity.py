@@ -50,7 +50,7 @@ def copy_run(finished, tmp_path):
 
 def python_main(root, subprocess_env, workdir, *args):
     cmd = [sys.executable, "-m", "hfcjax.main", "--config", str(root / "configs" / "fashion_mnist_cnn.py"),
-           "--workdir", str(workdir), "--config.train_subset=200", "--config.test_subset=100",
+           "--workdir", str(workdir), "--config.model=lenet", "--config.train_subset=200", "--config.test_subset=100",
            "--config.eval_train_subset=100", "--config.num_epochs=1", "--config.batch_size=40",
            "--config.eval_batch_size=100", *args]
     return subprocess.run(cmd, cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=300)
@@ -198,7 +198,7 @@ def test_resuming_with_a_results_changing_config_is_refused_unless_allowed(finis
     workdir = copy_run(finished, tmp_path)
     changed = small.copy_and_resolve_references()
     changed.learning_rate, changed.track_radii, changed.num_epochs = 1e-2, (2.0,), 3
-    with pytest.raises(train.ConfigChanged, match=r"learning_rate: 0.001 -> 0.01; track_radii: \[4.0, 8.0, 12.0, "
+    with pytest.raises(train.ConfigChanged, match=r"learning_rate: 0.003 -> 0.01; track_radii: \[4.0, 8.0, 12.0, "
                                                   r"16.0\] -> \[2.0\].*--allow_config_change=learning_rate,track_radii"):
         train.train_and_evaluate(changed, str(workdir))
     assert records(workdir) == finished[1]

@@ -7,6 +7,8 @@ import pytest
 
 from hfcjax import models
 
+FAST_COMPILE = True  # compilation is most of this module's time (conftest._fast_compile)
+
 # Parameter counts with 10 classes (ResNet-18 CIFAR form: the well-known 11.17M).
 EXPECTED = {
     ("resnet18", 3, True): 11_173_962,

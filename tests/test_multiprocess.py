@@ -15,7 +15,7 @@ import pytest
 from hfcjax import checkpoints, launch, measure
 
 RADII = (4.0,)  # one tracked radius keeps every run's compilation short
-OVERRIDES = ["--config.train_subset=200", "--config.test_subset=100", "--config.eval_train_subset=100",
+OVERRIDES = ["--config.model=lenet", "--config.train_subset=200", "--config.test_subset=100", "--config.eval_train_subset=100",
              "--config.batch_size=40", "--config.eval_batch_size=100", "--config.batch_norm=True",
              "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5", "--config.log_every_steps=1",
              f"--config.track_radii={RADII}"]
@@ -87,8 +87,8 @@ def runs(tmp_path_factory, job):
 
 def test_two_processes_of_two_devices_match_one_of_four_and_one_of_one(runs):
     dirs, outputs = runs
-    assert "4 device(s)" in outputs["2x2"] and "[0] mnist_cnn" in outputs["2x2"]
-    assert "[1] mnist_cnn" not in outputs["2x2"]  # only process 0 reports
+    assert "4 device(s)" in outputs["2x2"] and "[0] lenet" in outputs["2x2"]
+    assert "[1] lenet" not in outputs["2x2"]  # only process 0 reports
     assert_same_run(dirs["2x2"], dirs["1x4"])
     assert_same_run(dirs["2x2"], dirs["1x1"])
     run_dir = checkpoints.RunDir(dirs["2x2"])
@@ -98,10 +98,13 @@ def test_two_processes_of_two_devices_match_one_of_four_and_one_of_one(runs):
 
 def test_checkpoints_continue_on_another_process_count(runs, job, tmp_path):
     dirs, _ = runs
-    for first, then, name in ((2, 1, "2to1"), (1, 2, "1to2")):
-        workdir = tmp_path / name
-        finish(job(workdir, first, 2 if first > 1 else 4, epochs=1))
-        out = finish(job(workdir, then, 2 if then > 1 else 4))
+    chains = {tmp_path / "2to1": (2, 1), tmp_path / "1to2": (1, 2)}  # both chains at once: startup overlaps
+    devices = lambda processes: 2 if processes > 1 else 4
+    for proc in [job(w, first, devices(first), epochs=1) for w, (first, _) in chains.items()]:
+        finish(proc)
+    resumed = {w: job(w, then, devices(then)) for w, (_, then) in chains.items()}
+    for workdir, proc in resumed.items():
+        out = finish(proc)
         assert "resuming from" in out and "after epoch 1" in out
         assert_same_run(workdir, dirs["1x4"])
 

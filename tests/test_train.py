@@ -29,10 +29,11 @@ def cli(root, subprocess_env):
 
 
 SUBPROCESS_RADII = (4.0, 16.0)
-# 20 steps per epoch: the signal tests stop epoch 2 at step 5 or 15.
-SUBPROCESS_OVERRIDES = ["--config.train_subset=800", "--config.test_subset=200", "--config.eval_train_subset=200",
-                        "--config.batch_size=40", "--config.eval_batch_size=200", "--config.num_epochs=2",
-                        "--config.learning_rate=0.001", "--config.log_every_steps=5", "--config.batch_norm=True",
+# 20 steps per epoch: the signal tests stop epoch 2 at step 5 or 15. LeNet (the same _PlainCNN with
+# BatchNorm and dropout as the MNIST CNN, a tenth of its FLOPs): a warm run takes 7 s instead of 14.
+SUBPROCESS_OVERRIDES = ["--config.model=lenet", "--config.train_subset=800", "--config.test_subset=200",
+                        "--config.eval_train_subset=200", "--config.batch_size=40", "--config.eval_batch_size=200",
+                        "--config.num_epochs=2", "--config.learning_rate=0.003", "--config.log_every_steps=5", "--config.batch_norm=True",
                         "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5",
                         f"--config.track_radii={SUBPROCESS_RADII}"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
@@ -177,6 +178,15 @@ class BatchEvaluator(Evaluator):
 
 def to_json(row) -> Dict:
     return dataclasses.asdict(row)
+
+
+def write_rows(evaluator: Evaluator, rows: Sequence[Any], out_dir, inputs: Inputs, figure=None) -> None:
+    """A row evaluator's files: OUT/NAME.{json,csv,md} (rows, settings, number of images) and, with
+    `figure(rows as dicts without BN-re-estimated ones, path)`, OUT/NAME.png."""
+    value = {"num_examples": len(inputs.images), "settings": evaluator.cfg.to_dict(), "rows": [to_json(r) for r in rows]}
+    reports.write_table(out_dir, evaluator.name, rows, evaluator.columns(rows), value)
+    if figure is not None:
+        figure([to_json(r) for r in rows if not r.bn_reestimated], os.path.join(out_dir, f"{evaluator.name}.png"))
 
 
 def run_fused(evaluators: Sequence[BatchEvaluator], inputs: Inputs) -> Dict[str, List[Any]]:

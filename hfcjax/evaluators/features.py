@@ -16,7 +16,6 @@ for every rho).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import flax.linen as nn
@@ -140,10 +139,7 @@ class Evaluator(common.BatchEvaluator):
                 + reports.render_markdown(rows, self.columns(rows)) + "\n\nProfiles by depth: features.png")
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
-        value = {"num_examples": len(inputs.images), "settings": self.cfg.to_dict(),
-                 "rows": [common.to_json(r) for r in rows]}
-        reports.write_table(Path(out_dir), self.name, rows, self.columns(rows), value)
-        figure([common.to_json(r) for r in rows if not r.bn_reestimated], Path(out_dir) / "features.png")
+        common.write_rows(self, rows, out_dir, inputs, figure)
 
 
 def figure(rows: Sequence[Dict], path) -> str:

@@ -11,7 +11,6 @@ Files: filtering.{json,csv,md} and filtering.png (the curves of every rho on one
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import List
 
 import jax
@@ -117,8 +116,4 @@ class Evaluator(common.BatchEvaluator):
         return reports.render_markdown(rows, self.columns(rows)) + "\n\nCurves and rings: filtering.png"
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
-        value = {"num_examples": len(inputs.images), "settings": self.cfg.to_dict(),
-                 "rows": [common.to_json(r) for r in rows]}
-        reports.write_table(Path(out_dir), self.name, rows, self.columns(rows), value)
-        plots.filtering_curves([common.to_json(r) for r in rows if not r.bn_reestimated],
-                               Path(out_dir) / "filtering.png")
+        common.write_rows(self, rows, out_dir, inputs, plots.filtering_curves)

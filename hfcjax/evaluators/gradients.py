@@ -15,7 +15,6 @@ Files: gradients.{json,csv,md} and gradients.png (the spectra, one line per rho)
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import jax
@@ -119,10 +118,7 @@ class Evaluator(common.BatchEvaluator):
         return reports.render_markdown(rows, self.columns(rows)) + "\n\nSpectra: gradients.png"
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
-        value = {"num_examples": len(inputs.images), "settings": self.cfg.to_dict(),
-                 "rows": [common.to_json(r) for r in rows]}
-        reports.write_table(Path(out_dir), self.name, rows, self.columns(rows), value)
-        figure([common.to_json(r) for r in rows if not r.bn_reestimated], Path(out_dir) / "gradients.png")
+        common.write_rows(self, rows, out_dir, inputs, figure)
 
 
 def figure(rows: Sequence[Dict], path) -> str:

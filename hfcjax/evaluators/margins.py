@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import jax
@@ -85,35 +84,29 @@ class Evaluator(common.Evaluator):
     name = "margins"
     stage = 2
 
-    def __init__(self, apply_fn, cfg, shared=common.Shared()):
-        super().__init__(apply_fn, cfg, shared)
-        self._fn = None
+    def margins_fn(self, starts: Sequence[int]):
+        """Jitted (variables, uint8 images, labels) -> ([B, bands + 1] margins, [B] correct): the
+        DCT blocks starting at `starts`, then the whole space."""
+        block, c = int(self.cfg.block), self.cfg
 
-    def margins_fn(self, shape):
-        """Jitted (variables, uint8 images, labels) -> ([B, bands + 1] margins, [B] correct)."""
-        if self._fn is None:
-            height, width = shape[1:3]
-            starts = jnp.asarray(frequency.dct_bands(height, width, self.cfg.block, self.cfg.stride), jnp.int32)
-            block, c = int(self.cfg.block), self.cfg
+        def run(variables, images_u8, labels):
+            x = measure.to_unit(images_u8)
+            fn = lambda z: self.apply_fn(variables, z)
+            fool = functools.partial(attacks.deepfool, fn, x, labels, steps=c.steps, overshoot=c.overshoot,
+                                     candidates=c.candidates)
 
-            def run(variables, images_u8, labels):
-                x = measure.to_unit(images_u8)
-                fn = lambda z: self.apply_fn(variables, z)
-                fool = functools.partial(attacks.deepfool, fn, x, labels, steps=c.steps, overshoot=c.overshoot,
-                                         candidates=c.candidates)
+            def band(start):
+                return fool(project=lambda v: frequency.dct_block_project(v, start, block)).norm
 
-                def band(start):
-                    return fool(project=lambda v: frequency.dct_block_project(v, start, block)).norm
+            per_band = jax.vmap(band)(jnp.asarray(starts, jnp.int32))  # [bands, B]: one loop for all bands
+            return jnp.concatenate([per_band, fool().norm[None]]).T, jnp.argmax(fn(x), -1) == labels
 
-                per_band = jax.vmap(band)(starts)  # [bands, B]: one loop for all bands (a rolled loop is slow on a CPU)
-                return jnp.concatenate([per_band, fool().norm[None]]).T, jnp.argmax(fn(x), -1) == labels
+        return jax.jit(run, compiler_options=backend.eval_compiler_options())
 
-            self._fn = jax.jit(run, compiler_options=backend.eval_compiler_options())
-        return self._fn
-
-    def margins(self, variant: common.ModelVariant, inputs: common.Inputs, progress: common.GridProgress) -> Row:
+    def margins(self, fn, starts: Sequence[int], variant: common.ModelVariant, inputs: common.Inputs,
+                progress: common.GridProgress) -> Row:
         images, labels = inputs.images, np.asarray(inputs.labels)
-        fn, kept, right = self.margins_fn(images.shape), [], []
+        kept, right = [], []
         for b, (x, y, m) in enumerate(data.batches(images, labels, self.shared.batch_size, shuffle=False,
                                                    drop_remainder=False)):
             margins, correct = fn(variant.variables, x, y)
@@ -122,20 +115,20 @@ class Evaluator(common.Evaluator):
             progress.advance(int(m.sum()), f"{variant.name}: batch {b + 1}")
         margins = np.concatenate(kept)[np.concatenate(right)]
         median, q25, q75, found = summarise(margins)
-        starts = list(frequency.dct_bands(*images.shape[1:3], self.cfg.block, self.cfg.stride))
         return Row(name=variant.name, rho=variant.rho, bn_reestimated=variant.bn_reestimated, block=self.cfg.block,
-                   band_starts=starts, images=len(margins), median=median[:-1], q25=q25[:-1], q75=q75[:-1],
+                   band_starts=list(starts), images=len(margins), median=median[:-1], q25=q25[:-1], q75=q75[:-1],
                    found=found[:-1], full_median=median[-1],
                    per_image=[[float(v) if np.isfinite(v) else None for v in image] for image in margins])
 
     def run(self, inputs: common.Inputs) -> List[Row]:
-        frequency.dct_bands(*inputs.images.shape[1:3], self.cfg.block, self.cfg.stride)  # a bad block: one line now
+        starts = frequency.dct_bands(*inputs.images.shape[1:3], self.cfg.block, self.cfg.stride)  # bad block: one line
+        fn = self.margins_fn(starts)
         progress = common.GridProgress(len(inputs.variants), len(inputs.images), self.log, what="margins grid")
         rows = []
         for variant in inputs.variants:
             start = time.time()
             kept = progress.kept_or_run(f"margins {variant.name}", inputs.partial, functools.partial(
-                lambda v: common.to_json(self.margins(v, inputs, progress)), variant))
+                lambda v: common.to_json(self.margins(fn, starts, v, inputs, progress)), variant))
             rows.append(Row(**kept))
             self.log(f"  {variant.name}: margins in {time.time() - start:.1f} s")
         return rows
@@ -154,10 +147,7 @@ class Evaluator(common.Evaluator):
                 + reports.render_markdown(rows, self.columns(rows)) + "\n\nMargins per band: margins.png")
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
-        value = {"num_examples": len(inputs.images), "settings": self.cfg.to_dict(),
-                 "rows": [common.to_json(r) for r in rows]}
-        reports.write_table(Path(out_dir), self.name, rows, self.columns(rows), value)
-        figure([common.to_json(r) for r in rows if not r.bn_reestimated], Path(out_dir) / "margins.png")
+        common.write_rows(self, rows, out_dir, inputs, figure)
 
 
 def figure(rows: Sequence[Dict], path) -> str:

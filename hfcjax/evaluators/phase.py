@@ -133,16 +133,12 @@ class Evaluator(common.BatchEvaluator):
         return reports.render_markdown(rows, self.columns(rows)) + "\n\nExamples and rates: phase.png"
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
-        value = {"num_examples": len(inputs.images), "settings": self.cfg.to_dict(),
-                 "rows": [common.to_json(r) for r in rows]}
-        reports.write_table(Path(out_dir), self.name, rows, self.columns(rows), value)
+        common.write_rows(self, rows, out_dir, inputs)
+        args = self.args(inputs)  # the same mean amplitude and random phase as the run
         x = measure.to_unit(inputs.images[:4])
-        shape = inputs.images.shape[1:]
-        examples = [np.asarray(v) for v in jax.jit(variants)(
-            x, jnp.asarray(mean_amplitude(inputs.images), jnp.float32),
-            jnp.asarray(random_phase(shape, int(self.cfg.seed)), jnp.float32))]
+        examples = [np.asarray(v) for v in jax.jit(variants)(x, args["amplitude"], args["phase"])]
         figure(np.asarray(x), examples, [common.to_json(r) for r in rows if not r.bn_reestimated],
-                           Path(out_dir) / "phase.png")
+               Path(out_dir) / "phase.png")
 
 
 def figure(images, examples, rows: Sequence[Dict], path) -> str:
