@@ -37,3 +37,17 @@ def test_gpu_trace_counts_only_device_kernels_by_their_xla_op(tmp_path):
                                    op(7, "sm90_xmma_wgrad_implicit_gemm", 60, hlo_op="cudnn-conv-bw-filter.11"),
                                    op(7, "loop_add_fusion_2", 5)])
     assert profile_step.op_times(trace) == {"cudnn-conv-bw-filter": 100, "loop_add_fusion": 5}
+
+
+def test_train_benchmark_builds_its_real_step_inputs(tmp_path):
+    """What benchmarks.bench_train and profile_step time: a real Trainer's state and metric totals and
+    one real CIFAR batch on the device (a shadowed module name once broke this on the GPU only)."""
+    import jax
+    import numpy as np
+
+    from benchmarks import bench_train
+    from hfcjax import steps
+
+    trainer, state, totals, x, y = bench_train.step_inputs(8, "float32", 2, str(tmp_path / "run"))
+    assert x.shape == (8, 32, 32, 3) and y.shape == (8,)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(totals), steps.zero_totals())
