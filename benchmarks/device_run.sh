@@ -49,12 +49,12 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under min(LIMIT, ti
   $PY -c "import jax, flax, optax; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__)"
 } | tee "$OUT/gpu.txt"
 
-if [ "$DRY" = 1 ]; then  # CPU smoke test of every step with tiny sizes
+if [ "$DRY" = 1 ]; then  # CPU smoke test of the split and CIFAR steps with tiny sizes
   SPLIT_N=1000; EPOCHS_BN=1; EPOCHS_ADV=1; TRAIN_SUB="--config.train_subset=200 --config.test_subset=100"
   EVAL_N=16; AA="--config.evals.autoattack.apgd_steps=2 --config.evals.autoattack.fab_steps=2 --config.evals.autoattack.square_queries=4"
   ROB="--config.evals.robustness.eps=(0.03,) --config.evals.robustness.pgd_steps=2 --config.evals.robustness.square_queries=0"
 else
-  SPLIT_N=50000; EPOCHS_BN=${EPOCHS_BN:-40}; EPOCHS_ADV=${EPOCHS_ADV:-20}; TRAIN_SUB=""
+  SPLIT_N=50000; EPOCHS_BN=${EPOCHS_BN:-25}; EPOCHS_ADV=${EPOCHS_ADV:-20}; TRAIN_SUB=""
   EVAL_N=${EVAL_N:-500}; AA=""; ROB=""
 fi
 
