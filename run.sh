@@ -17,6 +17,9 @@ setup() {
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$VENV/bin/python" -m pip install -q -e ".[${extras}]"
+    # The frost pictures of CIFAR-10-C's frost corruption (hfcjax/corruptions.py reads the package's
+    # data only): without its dependencies, which are OpenCV and scikit-image, neither used here.
+    "$VENV/bin/python" -m pip install -q --no-deps "imagecorruptions==1.1.2"
     if [ "$extras" = test ]; then
       # The AutoAttack parity test's reference. Without its dependency pins (requests~=2.25 would
       # downgrade requests); what it imports (torch, numpy, scipy) is already installed.

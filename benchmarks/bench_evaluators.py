@@ -7,6 +7,8 @@ jitted passes over the four batches.
 - phase: 4 forward passes (clean, recombined, phase-only, amplitude-only);
 - gradients: 1 forward+backward and 2 forward passes (clean, FGSM);
 - features: 1 forward pass (the MNIST CNN, and ResNet-18 with BatchNorm);
+- corruptions: 1 + 75 forward passes (clean and every corruption and severity), the images read from
+  the cache; their one-off generation in numpy as a second row;
 - margins (one batch): (bands + 1) x steps DeepFool linearisations, each a forward pass and `candidates`
   backward passes (vmapped); the loop stops early once every image crossed, so this is the
   most it may need.
@@ -83,6 +85,7 @@ def run():
     rows.append((f"features: spectra of every feature map, {BATCHES} x {batch} images", len(images) / t, "img/s", t / t_fwd,
                  "time / (1 forward pass) (goal <= 1.2)"))
     rows.append(_features_resnet(gpu))
+    rows.extend(_corruptions(section, inputs, t_fwd, batch))
     mar = section("margins", steps=5)
     bands = len(frequency.dct_bands(32, 32, mar.cfg.block, mar.cfg.stride)) + 1
     cot = jax.nn.one_hot(jnp.arange(mar.cfg.candidates)[:, None] % 10, 10) * jnp.ones((1, batch, 1))
@@ -100,6 +103,31 @@ def run():
                  f"{mar.cfg.candidates} candidates, {batch} images", batch / t, "img/s", t / (most * t_lin),
                  f"time / ({most} x (fwd + {mar.cfg.candidates} bwd)) (goal <= 1.2)"))
     return rows
+
+
+def _corruptions(section, inputs, t_fwd: float, batch: int):
+    """Two rows: the evaluator on cached corrupted images against its (sets + 1) forward passes,
+    and the one-off generation of the 75 sets in numpy (the first run minus a cached run)."""
+    import os
+    import tempfile
+    import time
+
+    with tempfile.TemporaryDirectory() as cache:
+        saved, os.environ["HFCJAX_CACHE_DIR"] = os.environ.get("HFCJAX_CACHE_DIR"), cache
+        try:
+            ev = section("corruptions")
+            start = time.perf_counter()
+            ev.run(inputs)
+            first = time.perf_counter() - start
+            t = _timed_run(ev, inputs)
+        finally:
+            os.environ.pop("HFCJAX_CACHE_DIR") if saved is None else os.environ.update(HFCJAX_CACHE_DIR=saved)
+    sets = len(ev.cfg.corruptions) * len(ev.cfg.severities)
+    n = len(inputs.images)
+    return [(f"corruptions: {sets} sets read from the cache, {BATCHES} x {batch} images", n * (sets + 1) / t,
+             "img/s", t / ((sets + 1) * t_fwd), f"time / ({sets + 1} forward passes) (goal <= 1.2)"),
+            (f"corruptions: generating the {sets} sets (numpy, once; cached)", n * sets / (first - t), "img/s",
+             (first - t) / ((sets + 1) * t_fwd), f"time / ({sets + 1} forward passes) (no goal: data preparation)")]
 
 
 def _features_resnet(gpu: bool):

@@ -2,6 +2,7 @@
 points elsewhere; no test module imports another, they share what is here."""
 
 import collections
+import collections.abc
 import contextlib
 import logging
 import os
@@ -25,6 +26,39 @@ if _CACHE:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # the small ones add up
 
 
+def _threads_per_worker() -> int:
+    """The cores each pytest-xdist worker may use (all of them when not under xdist)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // max(workers, 1))
+
+
+# Under xdist, each worker (and every process it starts) gets its share of the cores for its
+# thread pools: XLA:CPU's Eigen pool, torch's OpenMP threads, numpy's BLAS. Left at their
+# defaults, every process sizes its pools to the whole machine, and the spinning OpenMP
+# threads of one worker starve the other: two AutoAttack parity tests side by side on 2 cores
+# took 523 s, 41 s with one thread each. Thread counts change no assertion's tolerance.
+if "PYTEST_XDIST_WORKER" in os.environ and "HFCJAX_TEST_THREADS" not in os.environ:
+    _n = str(_threads_per_worker())
+    os.environ["HFCJAX_TEST_THREADS"] = _n
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _n)
+    _xla = os.environ.get("XLA_FLAGS", "")
+    if _n == "1" and "xla_cpu_multi_thread_eigen" not in _xla:
+        os.environ["XLA_FLAGS"] = f"{_xla} --xla_cpu_multi_thread_eigen=false".strip()
+
+
+# The modules that take longest (measured on 2 cores, empty compilation cache), run first: with
+# one module per worker at a time (--dist loadfile), a long module started last leaves the other
+# worker idle at the end.
+LONGEST_FIRST = ("test_train", "test_multiprocess", "test_evaluate", "test_reproduce", "test_attacks",
+                 "test_integrity", "test_models", "test_torch_weights", "test_frequency", "test_evaluators")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each module's order kept
+
+
 def pytest_sessionstart(session):
     """The tests need the real datasets: found in a data folder, or downloaded once into the
     cache (`hfcjax.data.locate`); otherwise the session stops here with one line."""
@@ -38,23 +72,40 @@ def pytest_sessionstart(session):
         os.environ["HFCJAX_DATA_DIR"] = str(folders.pop())  # the cache, after a download
 
 
-@pytest.fixture(autouse=True)
-def _fast_compile(request):
-    """Modules that set ``FAST_COMPILE = True`` (compilation is most of their time, execution
-    little) run with XLA's slow optimization passes off: the same arithmetic, so every tolerance
-    holds. Measured: test_models + test_attacks 263 -> 206 s, test_evaluators 54 -> 41 s,
-    test_heatmap 24 -> 19 s; tests that execute much (attack grids, training) got slower."""
-    if not getattr(request.module, "FAST_COMPILE", False):
-        yield
-        return
+@contextlib.contextmanager
+def _optimizations(disabled: bool):
+    """XLA's slow optimization passes off (or on) in this process and, through the
+    environment, in every process it starts, so in-process and subprocess numbers agree."""
     import jax
 
-    saved = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
+    saved, saved_env = jax.config.read("jax_disable_most_optimizations"), os.environ.get(_NO_OPT)
+    jax.config.update("jax_disable_most_optimizations", disabled)
+    if disabled:
+        os.environ[_NO_OPT] = "1"
+    else:
+        os.environ.pop(_NO_OPT, None)
     try:
         yield
     finally:
         jax.config.update("jax_disable_most_optimizations", saved)
+        if saved_env is None:
+            os.environ.pop(_NO_OPT, None)
+        else:
+            os.environ[_NO_OPT] = saved_env
+
+
+_NO_OPT = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compile(request):
+    """Modules that set ``FAST_COMPILE = True`` (compilation is most of their time, execution
+    little) run with XLA's slow optimization passes off, module fixtures and the processes
+    they start included: the same arithmetic up to rounding, and every comparison inside the
+    module sees one setting (JAX's in-memory caches do not key on it, so one module cannot
+    mix both). Measured: test_models + test_attacks 263 -> 206 s, test_evaluators 54 -> 41 s."""
+    with _optimizations(getattr(request.module, "FAST_COMPILE", False)):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -72,10 +123,27 @@ def root():
     return ROOT
 
 
+class _ProcessEnv(collections.abc.Mapping):
+    """This process's environment as it is when read (so a module's or test's optimization
+    setting reaches the processes it starts), with this checkout on PYTHONPATH."""
+
+    def _now(self):
+        return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def __getitem__(self, key):
+        return self._now()[key]
+
+    def __iter__(self):
+        return iter(self._now())
+
+    def __len__(self):
+        return len(self._now())
+
+
 @pytest.fixture(scope="session")
 def subprocess_env():
     """The environment for `python -m hfcjax...` subprocesses: this checkout on PYTHONPATH."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return _ProcessEnv()
 
 
 def _tiny_config(**overrides):

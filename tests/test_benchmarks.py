@@ -5,6 +5,8 @@ import json
 
 from benchmarks import profile_step
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 
 def write_trace(tmp_path, events):
     folder = tmp_path / "plugins" / "profile" / "run"

@@ -6,6 +6,8 @@ import pytest
 
 from hfcjax import checkpoints, config as config_lib, models
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 
 def save_epochs(workdir, accuracies, batch_norm=True):
     """Saves one checkpoint per test accuracy in `accuracies` of an untrained MNIST CNN;

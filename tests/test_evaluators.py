@@ -158,7 +158,7 @@ def test_model_checks_flag_randomness_softmax_outputs_and_zero_gradients(linear)
 def test_every_evaluator_has_a_section_with_enabled_and_the_config_holds_them():
     names = evaluators.names()
     assert set(names) == {"accuracy", "autoattack", "checks", "robustness", "band", "spectra", "heatmap",
-                          "frequency", "filtering", "phase", "gradients", "margins", "features"}
+                          "frequency", "filtering", "phase", "gradients", "margins", "features", "corruptions"}
     config = config_lib.default()
     assert list(config.evals.keys()) == sorted(names) or set(config.evals.keys()) == set(names)
     for name in names:

@@ -12,6 +12,8 @@ import pytest
 from hfcjax import data, evaluate, external
 from hfcjax.errors import UserError
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 MEAN, STD = (0.3,), (0.35,)
 USER_MODULE = textwrap.dedent("""
     import flax.linen as nn, jax, jax.numpy as jnp

@@ -18,6 +18,8 @@ import pytest
 
 from hfcjax import attacks, checkpoints, config as config_lib, data, evaluate, formats, locks, smoothing, train
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 TIMING_KEYS = {"train_seconds", "eval_seconds", "images_per_second"}
 
 

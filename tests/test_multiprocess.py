@@ -4,6 +4,7 @@ counts, a killed process, a mismatched one, and SIGTERM (preemption)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ OVERRIDES = ["--config.model=lenet", "--config.train_subset=200", "--config.test
              "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5", "--config.log_every_steps=1",
              f"--config.track_radii={RADII}"]
 TIMING = {"train_seconds", "eval_seconds", "images_per_second"}
+FAST_COMPILE = True  # tiny runs: compilation is most of every process's time (conftest._fast_compile)
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +99,18 @@ def test_two_processes_of_two_devices_match_one_of_four_and_one_of_one(runs):
 
 
 def test_checkpoints_continue_on_another_process_count(runs, job, tmp_path):
+    """Epoch 1 of the 2-process run continued by 1 process, and epoch 1 of the 1-process run (4
+    devices) by 2 processes: the runs of the fixture with their epoch-2 checkpoint removed, which
+    is what a run stopped after epoch 1 leaves (metrics.jsonl is rewritten from the checkpoint)."""
     dirs, _ = runs
-    chains = {tmp_path / "2to1": (2, 1), tmp_path / "1to2": (1, 2)}  # both chains at once: startup overlaps
+    chains = {tmp_path / "2to1": ("2x2", 1), tmp_path / "1to2": ("1x4", 2)}
+    for workdir, (source, _) in chains.items():
+        shutil.copytree(dirs[source], workdir)
+        last = checkpoints.RunDir(workdir).epoch_dirs()[-1]
+        assert last.name == "2"
+        shutil.rmtree(last)
     devices = lambda processes: 2 if processes > 1 else 4
-    for proc in [job(w, first, devices(first), epochs=1) for w, (first, _) in chains.items()]:
-        finish(proc)
-    resumed = {w: job(w, then, devices(then)) for w, (_, then) in chains.items()}
+    resumed = {w: job(w, then, devices(then)) for w, (_, then) in chains.items()}  # at once: startup overlaps
     for workdir, proc in resumed.items():
         out = finish(proc)
         assert "resuming from" in out and "after epoch 1" in out

@@ -5,6 +5,8 @@ from PIL import Image
 
 from hfcjax import plots
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 
 def size(path):
     with Image.open(path) as im:

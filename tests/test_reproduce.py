@@ -9,6 +9,8 @@ import pytest
 
 from hfcjax import checkpoints, reproduce
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 TINY_EVAL = dict(evaluation=dict(num_examples=20, batch_size=20, rhos=(0.0, 1.0), recalibrate_examples=200),
                  robustness=dict(pgd_steps=2, strong_restarts=1, square_queries=5))
 

@@ -7,6 +7,8 @@ import pytest
 
 from hfcjax import models, smoothing
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 
 def loop_smooth(kernel, rho):
     """Eq. 3 literally: each weight plus rho times its 8 neighbours, borders duplicated."""

@@ -14,6 +14,8 @@ nn = torch.nn
 from benchmarks.torch_resnet import (Basic, Bottleneck, PreActResNet18, ResNet, WideResNet)  # noqa: E402
 from hfcjax import evaluate, external, torch_weights  # noqa: E402
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 
 def randomised(model, seed=0):
     """Random weights (torch's init) and random BatchNorm affine and running statistics."""

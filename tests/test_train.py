@@ -12,6 +12,8 @@ import pytest
 
 from hfcjax import checkpoints, data, measure, sharding, steps, train
 
+FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
+
 TIMING_KEYS = {"train_seconds", "eval_seconds", "images_per_second"}
 
 
