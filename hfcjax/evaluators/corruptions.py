@@ -12,8 +12,8 @@ first row, CE_c = sum_s E_c,s / sum_s E^base_c,s, their mean mCE, and the relati
 corruption (corrupted minus clean image, [0, 1] units, summed over images and channels) at
 distances d > r from the centre of the shifted spectrum, for r = 0, 1, ... .
 
-The corrupted images are kept on disk (``$HFCJAX_CACHE_DIR/corruptions``, one .npz per
-corruption and severity, keyed by the images, the settings and the definitions' version),
+The corrupted images are kept on disk (``$HFCJAX_CACHE_DIR/corruptions``, one .npz of images and
+spectral profile per corruption and severity, keyed by the images, the settings and the definitions' version),
 so a second evaluation of the same images generates nothing. One compiled prediction serves
 every corruption, severity and variant.
 
@@ -120,27 +120,28 @@ class Evaluator(common.Evaluator):
     name = "corruptions"
     stage = 2
 
-    def corrupted(self, images: np.ndarray, name: str, severity: int) -> np.ndarray:
-        """The corrupted images, from the cache when it holds them."""
+    def corrupted(self, images: np.ndarray, name: str, severity: int):
+        """(corrupted images, their spectral profile), from the cache when it holds them."""
         key = hashing.text_sha256(json.dumps([hashing.arrays_sha256([images]), name, severity, self.cfg.seed,
                                               VERSION]))[:24]
-        path = data.cache_dir() / "corruptions" / f"{name}_s{severity}_{key}.npy"
+        path = data.cache_dir() / "corruptions" / f"{name}_s{severity}_{key}.npz"
         if self.cfg.cache and path.is_file():
-            return np.load(path)
+            with np.load(path) as kept:
+                return kept["images"], kept["power_beyond"].tolist()
         out = definitions.corrupt(images, name, severity, self.cfg.seed)
+        profile = power_beyond(images, out)
         if self.cfg.cache:
             with reports.atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
-                    np.save(f, out)
-        return out
+                    np.savez(f, images=out, power_beyond=np.asarray(profile))
+        return out, profile
 
     def sets(self, inputs: common.Inputs):
         """[(corruption, severity, images, power profile)] of every pair, generated or read back."""
         out, start = [], time.time()
         pairs = [(n, s) for n in self.cfg.corruptions for s in self.cfg.severities]
         for k, (name, severity) in enumerate(pairs):
-            images = self.corrupted(inputs.images, name, severity)
-            out.append((name, severity, images, power_beyond(inputs.images, images)))
+            out.append((name, severity, *self.corrupted(inputs.images, name, severity)))
             if k % len(self.cfg.severities) == len(self.cfg.severities) - 1:
                 self.log(f"  corruptions: {name} ready ({k + 1}/{len(pairs)} sets, {time.time() - start:.1f} s)")
         return out
@@ -155,12 +156,12 @@ class Evaluator(common.Evaluator):
             if self.cfg.baseline else None
 
         def accuracy(variant, images, label):
-            right = 0
+            right = 0  # summed on the device: no wait for each batch
             for x, y, m in data.batches(images, inputs.labels, self.shared.batch_size, shuffle=False,
                                         drop_remainder=False):
-                right += int(np.sum(np.asarray(correct(variant.variables, x, y)) * m))
+                right = right + jnp.sum(correct(variant.variables, x, y) * m)
                 progress.advance(int(m.sum()), f"{variant.name}: {label}")
-            return right / len(images)
+            return int(right) / len(images)
 
         def one(variant):
             clean = accuracy(variant, inputs.images, "clean")
