@@ -120,6 +120,11 @@ class Evaluator(common.Evaluator):
     name = "corruptions"
     stage = 2
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # one compiled prediction for every run of this evaluator
+        self.correct = jax.jit(lambda v, x, y: jnp.argmax(self.apply_fn(v, measure.to_unit(x)), -1) == y,
+                               compiler_options=backend.eval_compiler_options())
+
     def corrupted(self, images: np.ndarray, name: str, severity: int):
         """(corrupted images, their spectral profile), from the cache when it holds them."""
         key = hashing.text_sha256(json.dumps([hashing.arrays_sha256([images]), name, severity, self.cfg.seed,
@@ -148,8 +153,6 @@ class Evaluator(common.Evaluator):
 
     def run(self, inputs: common.Inputs) -> List[Row]:
         sets = self.sets(inputs)
-        correct = jax.jit(lambda v, x, y: jnp.argmax(self.apply_fn(v, measure.to_unit(x)), -1) == y,
-                          compiler_options=backend.eval_compiler_options())
         progress = common.GridProgress(len(inputs.variants), len(inputs.images) * (len(sets) + 1), self.log,
                                        what="corruptions grid")
         baseline = read_baseline(self.cfg.baseline, self.cfg.corruptions, self.cfg.severities) \
@@ -159,7 +162,7 @@ class Evaluator(common.Evaluator):
             right = 0  # summed on the device: no wait for each batch
             for x, y, m in data.batches(images, inputs.labels, self.shared.batch_size, shuffle=False,
                                         drop_remainder=False):
-                right = right + jnp.sum(correct(variant.variables, x, y) * m)
+                right = right + jnp.sum(self.correct(variant.variables, x, y) * m)
                 progress.advance(int(m.sum()), f"{variant.name}: {label}")
             return int(right) / len(images)
 
