@@ -74,6 +74,10 @@ def parse_flags(argv: List[str], flag_values=None) -> List[str]:
     or mistyped config key, or a config file that does not load."""
     from absl import flags
 
+    if flag_values is not None and any(a in ("-h", "-help", "--help", "--helpfull") for a in argv[1:]):
+        name, folder = os.path.splitext(os.path.basename(argv[0]))[0], os.path.basename(os.path.dirname(argv[0]))
+        print(f"usage: {f'python -m hfcjax.{name}' if folder == 'hfcjax' else name} [flags]\n\n{flag_values.get_help(include_special_flags=False)}")
+        sys.exit(0)  # (absl's app.run answers --help for the global FLAGS; a command's own FlagValues here)
     with flag_errors():
         return (flags.FLAGS if flag_values is None else flag_values)(argv)
 

@@ -186,6 +186,8 @@ def test_command_line_errors_are_one_line(run_dir, run_cli, tmp_path):
         code, _, err = run_cli(evaluate.main, "--workdir", run_dir, *args)
         assert code == 2 and err.startswith("error: ") and message in err, (args, err)
         assert err.count("\n") == 1 and "Traceback" not in err
+    code, out, _ = run_cli(evaluate.main, "--help")
+    assert code == 0 and out.startswith("usage: prog [flags]") and "--torch_weights" in out
 
 
 def test_settings_saved_with_the_run_are_used(tmp_path, tiny_config, run_cli):

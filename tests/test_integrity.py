@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import pytest
 
-from hfcjax import attacks, checkpoints, config as config_lib, data, evaluate, formats, locks, smoothing, train
+from hfcjax import attacks, checkpoints, config as config_lib, data, evaluate, formats, locks, main, smoothing, train
 
 FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
 
@@ -50,17 +50,23 @@ def copy_run(finished, tmp_path):
     return workdir
 
 
+def main_args(root, workdir, *args):
+    return ["--config", str(root / "configs" / "fashion_mnist_cnn.py"), "--workdir", str(workdir),
+            "--config.model=lenet", "--config.train_subset=200", "--config.test_subset=100",
+            "--config.eval_train_subset=100", "--config.num_epochs=1", "--config.batch_size=40",
+            "--config.eval_batch_size=100", *args]
+
+
 def python_main(root, subprocess_env, workdir, *args):
-    cmd = [sys.executable, "-m", "hfcjax.main", "--config", str(root / "configs" / "fashion_mnist_cnn.py"),
-           "--workdir", str(workdir), "--config.model=lenet", "--config.train_subset=200", "--config.test_subset=100",
-           "--config.eval_train_subset=100", "--config.num_epochs=1", "--config.batch_size=40",
-           "--config.eval_batch_size=100", *args]
+    """`python -m hfcjax.main` in its own process (where another process is what is tested)."""
+    cmd = [sys.executable, "-m", "hfcjax.main", *main_args(root, workdir, *args)]
     return subprocess.run(cmd, cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=300)
 
 
-def one_error_line(proc):
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+def one_error_line(stderr):
+    stderr = getattr(stderr, "stderr", stderr)  # a finished process, or its stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
     return lines[0]
 
 
@@ -102,11 +108,11 @@ def test_sigint_during_a_save_finishes_the_save_then_stops(tmp_path, small, monk
     assert [r["epoch"] for r in records(tmp_path)] == [1] and not run.lock.exists()
 
 
-def test_checkpoints_folder_that_is_a_file_is_one_line(tmp_path, root, subprocess_env):
+def test_checkpoints_folder_that_is_a_file_is_one_line(tmp_path, root, run_cli):
     (tmp_path / "checkpoints").write_text("")
-    proc = python_main(root, subprocess_env, tmp_path)
-    assert proc.returncode == 2
-    assert "is a file, not a folder" in one_error_line(proc)
+    code, _, err = run_cli(main.main, *main_args(root, tmp_path))
+    assert code == 2
+    assert "is a file, not a folder" in one_error_line(err)
     assert records(tmp_path) == []
 
 
@@ -233,20 +239,33 @@ def test_result_changes_lists_nested_keys():
     (["--config.momentum=-5"], "config.momentum must be in [0, 1)"),
     (["--config.seed=-1"], "config.seed must be an integer >= 0"),
 ])
-def test_main_config_errors_are_one_line(tmp_path, root, subprocess_env, args, message):
-    proc = python_main(root, subprocess_env, tmp_path / "run", *args)
-    assert proc.returncode == 2 and message in one_error_line(proc)
+def test_main_config_errors_are_one_line(tmp_path, root, run_cli, args, message):
+    code, _, err = run_cli(main.main, *main_args(root, tmp_path / "run", *args))
+    assert code == 2 and message in one_error_line(err)
 
 
-def test_main_file_errors_are_one_line(tmp_path, root, subprocess_env):
+def test_main_file_errors_are_one_line(tmp_path, root, subprocess_env, run_cli, monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("")
     for workdir, message in ((afile, "cannot write to the workdir"), (afile / "sub", "cannot write to the workdir")):
-        proc = python_main(root, subprocess_env, workdir)
-        assert proc.returncode == 2 and message in one_error_line(proc)
+        code, _, err = run_cli(main.main, *main_args(root, workdir))
+        assert code == 2 and message in one_error_line(err)
+    monkeypatch.chdir(root)
+    code, _, err = run_cli(main.main, "--config", "configs/nope.py", "--workdir", tmp_path)
+    assert code == 2 and "configs/nope.py" in one_error_line(err)
+    # The command itself, in its own process: the same one line.
     proc = subprocess.run([sys.executable, "-m", "hfcjax.main", "--config", "configs/nope.py", "--workdir",
                            str(tmp_path)], cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "configs/nope.py" in one_error_line(proc)
+
+
+def test_main_answers_help_and_rejects_stray_arguments(tmp_path, root, run_cli):
+    code, out, _ = run_cli(main.main, "--help")
+    assert code == 0 and out.startswith("usage: prog [flags]") and "--workdir" in out and "--[no]distributed" in out
+    code, _, err = run_cli(main.main, *main_args(root, tmp_path, "stray"))
+    assert code == 2 and "unexpected arguments: ['stray']" in one_error_line(err)
+    code, _, err = run_cli(main.main, "--config", root / "configs" / "fashion_mnist_cnn.py")
+    assert code == 2 and "--workdir" in one_error_line(err)
 
 
 def test_plots_unknown_dataset_is_one_line(tmp_path, root, subprocess_env):
