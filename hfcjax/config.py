@@ -26,7 +26,7 @@ RECALIBRATE_BN = ("auto", "yes", "no")
 # (num_epochs only extends or shortens the run; the rest is logging, checkpoint retention,
 # where the same data is read from, and the evaluation batch, which only splits integer counts.)
 RESUMABLE_CHANGES = ("num_epochs", "log_every_steps", "keep_checkpoints", "eval_batch_size", "data_dir",
-                     "data_source")
+                     "data_source", "draw_figures")
 RESUMABLE_SECTIONS = ("evaluation.", "evals.")  # evaluation settings never change a trained epoch
 
 
@@ -71,6 +71,7 @@ def default() -> ml_collections.ConfigDict:
     # Logging and checkpoints.
     c.log_every_steps = 50
     c.keep_checkpoints = 3  # the last N epochs are kept, plus the best by test accuracy
+    c.draw_figures = True  # split_examples.png (at the start) and curves.png (at the end) in the run's figures/
     # Evaluation (`hfcjax.evaluate`): what every analysis shares, and one section per analysis.
     c.evaluation = evaluation_default()
     c.evals = evaluators.default_config()

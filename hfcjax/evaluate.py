@@ -312,7 +312,8 @@ def run(F, explicit: bool) -> None:
         return
     if bool(F.model) == bool(F.torch_weights) or not (F.data and F.out):
         raise cli.UsageError("one of --model or --torch_weights, with --data and --out.")
-    entry = robustbench.lookup(F.robustbench_model) if F.robustbench_model else None
+    told = evaluation_overrides(F).get("autoattack", {})
+    entry = robustbench.lookup(F.robustbench_model, told.get("norm")) if F.robustbench_model else None
     if entry and not F.torch_weights:
         raise cli.UsageError("--robustbench_model names the weights of --torch_weights FILE.pt; give the file.")
     arch = entry.arch if entry else F.arch
@@ -329,7 +330,6 @@ def run(F, explicit: bool) -> None:
              torch_weights.load(F.torch_weights, arch, shortcut_from_input=F.shortcut_from_input, **options))
     sections, about = {}, {}
     if entry:  # AutoAttack at the leaderboard's threat model, unless the command line says otherwise
-        told = evaluation_overrides(F).get("autoattack", {})
         sections["autoattack"] = {k: v for k, v in (("enabled", True), ("norm", entry.norm), ("eps", entry.eps))
                                   if k not in told}
         about["robustbench"] = dataclasses.asdict(entry)

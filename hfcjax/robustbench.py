@@ -11,7 +11,7 @@ and ``model_zoo/cifar10.py``); the user brings the ``.pt`` file.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 from hfcjax.errors import UserError
 
@@ -45,18 +45,40 @@ def _linf(name, arch, clean, autoattack, activation="swish"):
     return Entry(name, "linf", 8 / 255, arch, activation, clean, autoattack)
 
 
-# CIFAR-10, L-inf, eps 8/255: DeepMind-architecture entries (DMWideResNet / DMPreActResNet, swish).
-TABLE: Dict[str, Entry] = {e.name: e for e in (
+def _l2(name, arch, clean, autoattack, activation="swish"):
+    return Entry(name, "l2", 0.5, arch, activation, clean, autoattack)
+
+
+# CIFAR-10 DeepMind-architecture entries (DMWideResNet / DMPreActResNet, swish): L-inf at eps 8/255,
+# and the seven of the L2 leaderboard at eps 0.5 (model_info/cifar10/L2/*.json). A name may stand on
+# both leaderboards, for different weights (Rebuffi2021Fixing_70_16_cutmix_extra).
+ENTRIES: Tuple[Entry, ...] = (
     _linf("Gowal2020Uncovering_70_16", "dm_wrn", 85.29, 57.14),
     _linf("Gowal2020Uncovering_28_10_extra", "dm_wrn", 89.48, 62.76),
     _linf("Rebuffi2021Fixing_70_16_cutmix_extra", "dm_wrn", 92.23, 66.58),
     _linf("Gowal2021Improving_70_16_ddpm_100m", "dm_wrn", 88.74, 66.11),
     _linf("Rebuffi2021Fixing_R18_ddpm", "dm_preact_resnet18", 83.53, 56.66),
-)}
+    _l2("Gowal2020Uncovering", "dm_wrn", 90.90, 74.50),
+    _l2("Gowal2020Uncovering_extra", "dm_wrn", 94.74, 80.53),
+    _l2("Rebuffi2021Fixing_70_16_cutmix_ddpm", "dm_wrn", 92.41, 80.38),
+    _l2("Rebuffi2021Fixing_28_10_cutmix_ddpm", "dm_wrn", 91.79, 78.69),
+    _l2("Rebuffi2021Fixing_70_16_cutmix_extra", "dm_wrn", 95.74, 82.32),
+    _l2("Rebuffi2021Fixing_R18_cutmix_ddpm", "dm_preact_resnet18", 90.33, 75.86),
+    _l2("Rade2021Helper_R18_ddpm", "dm_preact_resnet18", 90.57, 76.15),
+)
 
 
-def lookup(name: str) -> Entry:
-    if name not in TABLE:
-        raise UserError(f"--robustbench_model {name!r} is not in hfcjax's table; known: {sorted(TABLE)} (others: "
+def lookup(name: str, norm: Optional[str] = None) -> Entry:
+    """The entry `name` (of the `norm` leaderboard, linf or l2, where the name is on both)."""
+    found = [e for e in ENTRIES if e.name == name]
+    if not found:
+        known = sorted({e.name for e in ENTRIES})
+        raise UserError(f"--robustbench_model {name!r} is not in hfcjax's table; known: {known} (others: "
                         "--torch_weights with --arch, --activation, --input_padding).")
-    return TABLE[name]
+    chosen = [e for e in found if norm is None or e.norm == norm]
+    if len(chosen) != 1:
+        norms = [e.norm for e in found]
+        raise UserError(f"--robustbench_model {name!r} is on the {' and '.join(norms)} leaderboard{'s' * (len(norms) > 1)}"
+                        + ("" if norm is None else f", not {norm}") + ": say which with "
+                        f"--config.evals.autoattack.norm={'|'.join(norms)}.")
+    return chosen[0]

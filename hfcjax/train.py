@@ -252,7 +252,7 @@ class Trainer:
     def _train(self, ckpt: checkpoints.TrainingCheckpoints) -> List[Dict]:
         c = self.config
         state, history = self.resume(ckpt)
-        if jax.process_index() == 0 and not history:
+        if jax.process_index() == 0 and not history and c.draw_figures:
             plots.split_examples(self.test_images[:4], c.track_radii, self.run_dir.figures / "split_examples.png")
         writer = writers.create_default_writer(self.run_dir.metrics, self.run_dir.events, history,
                                                just_logging=jax.process_index() != 0, log=log, console_keys=CONSOLE_KEYS)
@@ -295,8 +295,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     figures = trainer.run_dir.figures
     history = trainer.run()
     if jax.process_index() == 0 and history:
-        plots.training_curves(history, config.track_radii, figures / "curves.png",
-                              title=f"{config.model} on {config.dataset}")
+        if config.draw_figures:
+            plots.training_curves(history, config.track_radii, figures / "curves.png",
+                                  title=f"{config.model} on {config.dataset}")
         log(f"done in {writers.format_seconds(time.time() - start)}: metrics {trainer.run_dir.metrics}, "
             f"figures {figures}, checkpoints {trainer.run_dir.checkpoints}")
     return history

@@ -155,6 +155,7 @@ def _tiny_config(**overrides):
     c.train_subset, c.test_subset, c.eval_train_subset = 600, 200, 200
     c.batch_size, c.eval_batch_size, c.num_epochs = 40, 200, 2
     c.learning_rate, c.log_every_steps = 3e-3, 5
+    c.draw_figures = False  # about 2 s of matplotlib per run; the tests of the figures turn them on
     for key, value in overrides.items():
         target = c
         *parents, leaf = key.split(".")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hfcjax import data, download, hashing
+from hfcjax import data, download, fetch, hashing
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
@@ -187,3 +187,26 @@ def test_a_server_that_trickles_bytes_hits_the_overall_deadline(mirror, tmp_path
     monkeypatch.setenv(download.DEADLINE_VARIABLE, "soon")
     with pytest.raises(download.DownloadError, match=r"HFCJAX_DOWNLOAD_DEADLINE='soon' must be a number"):
         download.fetch(url, dest, [download.Check("0" * 64)], log=lambda m: None)
+
+
+def test_the_fetch_command_keeps_a_file_only_with_the_sha256_given(mirror, tmp_path, run_cli):
+    """python -m hfcjax.fetch (a user's URL, e.g. RobustBench weights from a mirror) against the server
+    on 127.0.0.1: kept when its sha256 matches, deleted with one line when not, an existing good
+    file kept without a download, a different one refused."""
+    source = mirror / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    url = f"http://127.0.0.1:{os.environ['HFCJAX_DATA_URL'].rsplit(':', 1)[1]}/fashion-mnist/{source.name}"
+    good, out = hashing.file_sha256(source), tmp_path / "got" / "labels.gz"
+    code, _, err = run_cli(fetch.main, "--url", url, "--sha256", "0" * 64, "--out", out)
+    assert code == 2 and err.startswith("error: download of") and "is corrupt" in err and err.count("\n") == 1
+    assert not out.exists() and not list(out.parent.glob("*.part"))
+    code, stdout, err = run_cli(fetch.main, "--url", url, "--sha256", good.upper(), "--out", out)
+    assert code == 0 and "sha256 verified" in stdout and out.read_bytes() == source.read_bytes(), err
+    requests = len(Handler.requests)
+    code, stdout, _ = run_cli(fetch.main, "--url", url, "--sha256", good, "--out", out)
+    assert code == 0 and "already there" in stdout and len(Handler.requests) == requests
+    for args, message in ((["--sha256", "0" * 64, "--out", out], "exists with sha256"),
+                          (["--sha256", "abc", "--out", out], "--sha256 must be the 64 hex digits"),
+                          (["--sha256", good, "--out", tmp_path], "is a folder; name the file"),
+                          (["--out", out], "--sha256")):
+        code, _, err = run_cli(fetch.main, "--url", url, *args)
+        assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, (args, err)

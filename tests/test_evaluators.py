@@ -247,9 +247,9 @@ def test_autoattack_cascade_gives_the_closed_form_robust_accuracy_of_a_linear_mo
     fn, x, y, linf, l2 = linear_problem(seed=3, n=48)
     minimal = linf if norm == "linf" else l2
     eps = float(np.median(minimal))
-    attacks_ = ("apgd-ce", "apgd-t", "fab-t", "square") if norm == "linf" else ("apgd-ce", "apgd-t", "fab-t")
-    cfg = section("autoattack", enabled=True, norm=norm, eps=eps, version="custom" if norm == "l2" else "standard",
-                  attacks=attacks_ if norm == "l2" else (), apgd_steps=10, fab_steps=10, targets=3, square_queries=20)
+    attacks_ = ("apgd-ce", "apgd-t", "fab-t", "square")  # the standard version, in either norm
+    cfg = section("autoattack", enabled=True, norm=norm, eps=eps, apgd_steps=10, fab_steps=10, targets=3,
+                  square_queries=20)
     evaluators.validate(ml_collections.ConfigDict({"autoattack": cfg}))
     lines = []
     evaluator = evaluators.module("autoattack").Evaluator(lambda v, z: fn(z), cfg,
@@ -274,7 +274,7 @@ def test_autoattack_cascade_gives_the_closed_form_robust_accuracy_of_a_linear_mo
     ({"version": "custom"}, "version 'custom' needs at least one attack"),
     ({"attacks": ("apgd-ce",)}, "the standard version fixes its attacks"),
     ({"version": "custom", "attacks": ("pgd",)}, r"\['pgd'\] unknown; AutoAttack's names are"),
-    ({"norm": "l2"}, "Square is L-infinity only"),
+    ({"norm": "l1"}, "norm 'l1' is unknown"),
     ({"eps": 0.0}, "eps must be a finite number > 0"),
 ])
 def test_autoattack_settings_that_cannot_work_are_one_line(change, message):

@@ -54,7 +54,7 @@ def main_args(root, workdir, *args):
     return ["--config", str(root / "configs" / "fashion_mnist_cnn.py"), "--workdir", str(workdir),
             "--config.model=lenet", "--config.train_subset=200", "--config.test_subset=100",
             "--config.eval_train_subset=100", "--config.num_epochs=1", "--config.batch_size=40",
-            "--config.eval_batch_size=100", *args]
+            "--config.eval_batch_size=100", "--config.draw_figures=False", *args]
 
 
 def python_main(root, subprocess_env, workdir, *args):
@@ -205,7 +205,8 @@ def test_every_checkpoint_has_checksums_that_match(finished):
 def test_resuming_with_a_results_changing_config_is_refused_unless_allowed(finished, tmp_path, small):
     workdir = copy_run(finished, tmp_path)
     changed = small.copy_and_resolve_references()
-    changed.learning_rate, changed.track_radii, changed.num_epochs = 1e-2, (2.0,), 3
+    changed.learning_rate, changed.track_radii, changed.num_epochs, changed.draw_figures = 1e-2, (2.0,), 3, True
+    assert not (checkpoints.RunDir(workdir).figures / "curves.png").exists()  # the finished run drew none
     with pytest.raises(train.ConfigChanged, match=r"learning_rate: 0.003 -> 0.01; track_radii: \[4.0, 8.0, 12.0, "
                                                   r"16.0\] -> \[2.0\].*--allow_config_change=learning_rate,track_radii"):
         train.train_and_evaluate(changed, str(workdir))

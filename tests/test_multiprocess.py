@@ -19,7 +19,7 @@ RADII = (4.0,)  # one tracked radius keeps every run's compilation short
 OVERRIDES = ["--config.model=lenet", "--config.train_subset=200", "--config.test_subset=100", "--config.eval_train_subset=100",
              "--config.batch_size=40", "--config.eval_batch_size=100", "--config.batch_norm=True",
              "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5", "--config.log_every_steps=1",
-             f"--config.track_radii={RADII}"]
+             f"--config.track_radii={RADII}", "--config.draw_figures=False"]
 TIMING = {"train_seconds", "eval_seconds", "images_per_second"}
 FAST_COMPILE = True  # tiny runs: compilation is most of every process's time (conftest._fast_compile)
 
@@ -83,7 +83,8 @@ def jax_leaves(tree):
 def runs(tmp_path_factory, job):
     """The same 2-epoch run as 1 process x 1 device, 1 x 4 and 2 processes x 2 devices."""
     dirs = {name: tmp_path_factory.mktemp(name) for name in ("1x1", "1x4", "2x2")}
-    started = {name: job(dirs[name], int(name[0]), int(name[2])) for name in dirs}  # at once: startup overlaps
+    figures = {"2x2": ["--config.draw_figures=True"]}  # drawn (and checked) once
+    started = {name: job(dirs[name], int(name[0]), int(name[2]), *figures.get(name, [])) for name in dirs}
     return dirs, {name: finish(proc) for name, proc in started.items()}
 
 

@@ -55,7 +55,7 @@ def test_cli_runs_an_experiment(tmp_path, root, subprocess_env):
     args = [sys.executable, "-m", "hfcjax.reproduce", "--experiment", "fig5", "--only", "vanilla,mixup",
             "--config", str(root / "configs" / "fashion_mnist_cnn.py"), "--workdir", str(tmp_path),
             "--config.model=lenet", "--config.train_subset=200", "--config.test_subset=100", "--config.eval_train_subset=100",
-            "--config.num_epochs=1", "--config.batch_size=50", "--config.eval_batch_size=100"]
+            "--config.num_epochs=1", "--config.batch_size=50", "--config.eval_batch_size=100", "--config.draw_figures=False"]
     proc = subprocess.run(args, cwd=root, env=subprocess_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| mixup | 1 |" in (tmp_path / "report.md").read_text()

@@ -212,7 +212,25 @@ def test_robustbench_model_fills_in_the_architecture_runs_autoattack_and_prints_
     assert "hfcjax on these 4 images: clean 100.00%" in report
     for extra, message in ((["--robustbench_model", "Nobody2099"], "is not in hfcjax's table"),
                            (["--robustbench_model", "Rebuffi2021Fixing_R18_ddpm", "--mean", "0.5,0.5,0.5"],
-                            "DeepMind networks normalise inside")):
+                            "DeepMind networks normalise inside"),
+                           (["--robustbench_model", "Rebuffi2021Fixing_70_16_cutmix_extra"],
+                            "is on the linf and l2 leaderboards: say which with --config.evals.autoattack.norm="),
+                           (["--robustbench_model", "Rebuffi2021Fixing_R18_ddpm", "--config.evals.autoattack.norm=l2"],
+                            "is on the linf leaderboard, not l2: say which")):
         code, _, err = run_cli(evaluate.main, *base, *extra)
         errors = [line for line in err.splitlines() if line.startswith("error: ")]
         assert code == 2 and len(errors) == 1 and message in errors[0], err[-2000:]
+
+
+def test_the_leaderboard_table_holds_both_threat_models():
+    from hfcjax import robustbench
+
+    l2 = robustbench.lookup("Rebuffi2021Fixing_R18_cutmix_ddpm")
+    assert (l2.norm, l2.eps, l2.arch, l2.activation, l2.clean, l2.autoattack) == (
+        "l2", 0.5, "dm_preact_resnet18", "swish", 90.33, 75.86)
+    both = [robustbench.lookup("Rebuffi2021Fixing_70_16_cutmix_extra", norm) for norm in ("linf", "l2")]
+    assert [(e.norm, e.autoattack) for e in both] == [("linf", 66.58), ("l2", 82.32)]
+    names = [(e.name, e.norm) for e in robustbench.ENTRIES]
+    assert len(names) == len(set(names)) and sum(e.norm == "l2" for e in robustbench.ENTRIES) == 7
+    assert all(e.arch in torch_weights.ARCHS and e.eps == {"linf": 8 / 255, "l2": 0.5}[e.norm]
+               for e in robustbench.ENTRIES)

@@ -36,7 +36,7 @@ SUBPROCESS_RADII = (4.0, 16.0)
 SUBPROCESS_OVERRIDES = ["--config.model=lenet", "--config.train_subset=800", "--config.test_subset=200",
                         "--config.eval_train_subset=200", "--config.batch_size=40", "--config.eval_batch_size=200",
                         "--config.num_epochs=2", "--config.learning_rate=0.003", "--config.log_every_steps=5", "--config.batch_norm=True",
-                        "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5",
+                        "--config.dropout_rate=0.5", "--config.mixup_alpha=0.5", "--config.draw_figures=False",
                         f"--config.track_radii={SUBPROCESS_RADII}"]
 
 
@@ -55,7 +55,7 @@ def uninterrupted(tmp_path_factory, cli):
 
 
 def test_end_to_end_writes_metrics_events_figures_checkpoints(tmp_path, tiny_config):
-    history = train.train_and_evaluate(tiny_config(), str(tmp_path))
+    history = train.train_and_evaluate(tiny_config(draw_figures=True), str(tmp_path))
     assert [r["epoch"] for r in history] == [1, 2]
     lines = records(tmp_path)
     assert len(lines) == 2

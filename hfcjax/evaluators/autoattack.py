@@ -4,8 +4,8 @@ A cascade: each attack runs only on the images every earlier attack left correct
 classified, and an image counts as broken when an attack finds a point within `eps` that
 the model misclassifies (checked again on the returned point, as AutoAttack does).
 ``version``: standard = APGD-CE, APGD-T (9 target classes), FAB-T (9 target classes), Square
-(5,000 queries), each with one run, as AutoAttack's standard version; custom = the
-``attacks`` given, in that order, with AutoAttack's names. Square is L-infinity only here.
+(5,000 queries), each with one run, as AutoAttack's standard version, in L-inf or L2; custom =
+the ``attacks`` given, in that order, with AutoAttack's names.
 Per model variant: clean accuracy, the robust accuracy after each attack with its time, and
 the final robust accuracy.
 
@@ -31,6 +31,7 @@ from hfcjax.evaluators import common
 from hfcjax.errors import UserError
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # AutoAttack's names
+SQUARE_P_INIT = 0.8  # AutoAttack's Square: windows over 80% of the pixels at first, its schedule not rescaled
 VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "custom": ()}
 
 
@@ -62,9 +63,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         raise UserError(f"attacks: {unknown} unknown; AutoAttack's names are {list(ATTACKS)}.")
-    if c.norm == "l2" and "square" in attack_list(c):
-        raise UserError("attacks: Square is L-infinity only in hfcjax so far; for norm='l2' use version='custom' "
-                        "with attacks=('apgd-ce', 'apgd-t', 'fab-t').")
     for key in ("apgd_steps", "fab_steps", "targets", "square_queries"):
         common.check_int(c, key, 1)
 
@@ -115,7 +113,8 @@ class Evaluator(common.Evaluator):
             elif name == "fab-t":
                 adv = attacks.fab_targeted(fn, x, y, eps, targets=c.targets, norm=c.norm, steps=c.fab_steps).adv
             else:
-                adv = attacks.square(fn, x, y, eps, key=key, queries=c.square_queries)
+                adv = attacks.square(fn, x, y, eps, key=key, queries=c.square_queries, norm=c.norm,
+                                     p_init=SQUARE_P_INIT, rescale_schedule=False)
             delta = (adv - x).reshape(x.shape[0], -1)
             size = jnp.max(jnp.abs(delta), -1) if c.norm == "linf" else jnp.sqrt(jnp.sum(delta ** 2, -1))
             inside = (size <= eps * (1 + 1e-5)) & (jnp.min(adv) >= 0) & (jnp.max(adv) <= 1)
