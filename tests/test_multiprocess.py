@@ -118,7 +118,9 @@ def test_checkpoints_continue_on_another_process_count(runs, job, tmp_path):
         assert_same_run(workdir, dirs["1x4"])
 
 
-def test_evaluation_reads_a_multiprocess_checkpoint_and_runs_as_two_processes(runs, root, subprocess_env):
+def test_evaluation_reads_a_multiprocess_checkpoint_and_runs_as_two_processes(runs, root, subprocess_env, run_cli):
+    from hfcjax import evaluate
+
     dirs, _ = runs
     options = ["--config.evaluation.rhos=(0,1)", "--config.evals.robustness.eps=(0.05,)",
                "--config.evals.robustness.pgd_steps=2", "--config.evals.robustness.strong_restarts=1",
@@ -126,10 +128,8 @@ def test_evaluation_reads_a_multiprocess_checkpoint_and_runs_as_two_processes(ru
                "--config.evaluation.batch_size=40", "--config.evaluation.recalibrate_bn=no",
                "--config.evals.spectra.enabled=False"]
     env = {**subprocess_env, "JAX_PLATFORMS": "cpu"}
-    single = subprocess.run([sys.executable, "-m", "hfcjax.evaluate", "--workdir", str(dirs["2x2"]), *options],
-                            cwd=root, env={**env, "JAX_NUM_CPU_DEVICES": "1"}, capture_output=True, text=True,
-                            timeout=600)
-    assert single.returncode == 0, single.stderr[-2000:]
+    code, _, err = run_cli(evaluate.main, "--workdir", dirs["2x2"], *options)  # one process, here
+    assert code == 0, err[-2000:]
     eval_dir = checkpoints.RunDir(dirs["2x2"]).eval
     alone = json.loads((eval_dir / "robustness.json").read_text())
     alone_frequency = (eval_dir / "frequency.json").read_text()
