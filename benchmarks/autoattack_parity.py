@@ -46,12 +46,17 @@ def trained_mlp(images: int):
     return model, test_x[:images], test_y[:images].astype(np.int32)
 
 
+def jax_logits(model):
+    """The torch MLP's logits in jax: fn(images NHWC in [0, 1])."""
+    w1, b1, w2, b2 = (jnp.asarray(p.detach().numpy()) for p in model.parameters())
+    return lambda z: jnp.maximum(z.reshape(z.shape[0], -1) @ w1.T + b1, 0) @ w2.T + b2
+
+
 def square_table(model, images, labels, queries: int) -> None:
     import torch
     import torchattacks
 
-    w1, b1, w2, b2 = (jnp.asarray(p.detach().numpy()) for p in model.parameters())
-    fn = lambda z: jnp.maximum(z.reshape(z.shape[0], -1) @ w1.T + b1, 0) @ w2.T + b2
+    fn = jax_logits(model)
     x_jax, y_jax = jnp.asarray(images, jnp.float32) / 255, jnp.asarray(labels)
     x_torch = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
@@ -85,8 +90,8 @@ def standard_table(model, images, labels) -> None:
     from hfcjax import evaluators
     from hfcjax.evaluators import common, variants
 
-    w1, b1, w2, b2 = (jnp.asarray(p.detach().numpy()) for p in model.parameters())
-    fn = lambda variables, z: jnp.maximum(z.reshape(z.shape[0], -1) @ w1.T + b1, 0) @ w2.T + b2
+    logits = jax_logits(model)
+    fn = lambda variables, z: logits(z)
     x_torch = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
     print("| norm, eps | clean | hfcjax robust (after each attack) | torchattacks robust | seconds hfcjax / torchattacks |")
     print("|---|---|---|---|---|")

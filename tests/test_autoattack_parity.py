@@ -11,7 +11,8 @@ torchattacks = pytest.importorskip("torchattacks")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from hfcjax import attacks, data, evaluators  # noqa: E402
+from benchmarks import autoattack_parity  # noqa: E402
+from hfcjax import attacks, evaluators  # noqa: E402
 from hfcjax.evaluators import common, variants  # noqa: E402
 
 EPS = 0.04
@@ -20,27 +21,15 @@ N = 100
 
 @pytest.fixture(scope="module")
 def trained(data_dir):
-    """A 784-64-10 MLP trained for two epochs on 6,000 Fashion-MNIST images, and 100 test images."""
-    torch.manual_seed(0)
-    x, y = data.load("fashion_mnist", "train")
-    x = torch.from_numpy(x[:6000].astype(np.float32) / 255).permute(0, 3, 1, 2)
-    y = torch.from_numpy(y[:6000].astype(np.int64))
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(2):
-        for i in range(0, 6000, 100):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[i:i + 100]), y[i:i + 100]).backward()
-            opt.step()
-    model.eval()
-    images, labels = data.load("fashion_mnist", "test")
-    return model, images[:N], labels[:N].astype(np.int32)
+    """A 784-64-10 MLP trained for two epochs on 6,000 Fashion-MNIST images, and 100 test images
+    (the model of `python -m benchmarks.autoattack_parity`)."""
+    return autoattack_parity.trained_mlp(N)
 
 
 def as_jax(model):
     """The MLP's logits in jax: fn(variables, images NHWC in [0, 1])."""
-    w1, b1, w2, b2 = (jnp.asarray(p.detach().numpy()) for p in model.parameters())
-    return lambda variables, z: jnp.maximum(z.reshape(z.shape[0], -1) @ w1.T + b1, 0) @ w2.T + b2
+    logits = autoattack_parity.jax_logits(model)
+    return lambda variables, z: logits(z)
 
 
 def test_standard_autoattack_matches_torchattacks_within_one_percent(trained):
