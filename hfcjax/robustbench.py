@@ -41,30 +41,30 @@ class Entry:
         return {"activation": self.activation, "padding": self.padding}
 
 
-def _linf(name, arch, clean, autoattack, activation="swish"):
-    return Entry(name, "linf", 8 / 255, arch, activation, clean, autoattack)
+THREAT_EPS = {"linf": 8 / 255, "l2": 0.5}  # RobustBench's CIFAR-10 threat models
 
 
-def _l2(name, arch, clean, autoattack, activation="swish"):
-    return Entry(name, "l2", 0.5, arch, activation, clean, autoattack)
+def _dm(norm, name, arch, clean, autoattack):
+    """A DeepMind-architecture entry (swish) at the leaderboard's threat model `norm`."""
+    return Entry(name, norm, THREAT_EPS[norm], arch, "swish", clean, autoattack)
 
 
 # CIFAR-10 DeepMind-architecture entries (DMWideResNet / DMPreActResNet, swish): L-inf at eps 8/255,
 # and the seven of the L2 leaderboard at eps 0.5 (model_info/cifar10/L2/*.json). A name may stand on
 # both leaderboards, for different weights (Rebuffi2021Fixing_70_16_cutmix_extra).
 ENTRIES: Tuple[Entry, ...] = (
-    _linf("Gowal2020Uncovering_70_16", "dm_wrn", 85.29, 57.14),
-    _linf("Gowal2020Uncovering_28_10_extra", "dm_wrn", 89.48, 62.76),
-    _linf("Rebuffi2021Fixing_70_16_cutmix_extra", "dm_wrn", 92.23, 66.58),
-    _linf("Gowal2021Improving_70_16_ddpm_100m", "dm_wrn", 88.74, 66.11),
-    _linf("Rebuffi2021Fixing_R18_ddpm", "dm_preact_resnet18", 83.53, 56.66),
-    _l2("Gowal2020Uncovering", "dm_wrn", 90.90, 74.50),
-    _l2("Gowal2020Uncovering_extra", "dm_wrn", 94.74, 80.53),
-    _l2("Rebuffi2021Fixing_70_16_cutmix_ddpm", "dm_wrn", 92.41, 80.38),
-    _l2("Rebuffi2021Fixing_28_10_cutmix_ddpm", "dm_wrn", 91.79, 78.69),
-    _l2("Rebuffi2021Fixing_70_16_cutmix_extra", "dm_wrn", 95.74, 82.32),
-    _l2("Rebuffi2021Fixing_R18_cutmix_ddpm", "dm_preact_resnet18", 90.33, 75.86),
-    _l2("Rade2021Helper_R18_ddpm", "dm_preact_resnet18", 90.57, 76.15),
+    _dm("linf", "Gowal2020Uncovering_70_16", "dm_wrn", 85.29, 57.14),
+    _dm("linf", "Gowal2020Uncovering_28_10_extra", "dm_wrn", 89.48, 62.76),
+    _dm("linf", "Rebuffi2021Fixing_70_16_cutmix_extra", "dm_wrn", 92.23, 66.58),
+    _dm("linf", "Gowal2021Improving_70_16_ddpm_100m", "dm_wrn", 88.74, 66.11),
+    _dm("linf", "Rebuffi2021Fixing_R18_ddpm", "dm_preact_resnet18", 83.53, 56.66),
+    _dm("l2", "Gowal2020Uncovering", "dm_wrn", 90.90, 74.50),
+    _dm("l2", "Gowal2020Uncovering_extra", "dm_wrn", 94.74, 80.53),
+    _dm("l2", "Rebuffi2021Fixing_70_16_cutmix_ddpm", "dm_wrn", 92.41, 80.38),
+    _dm("l2", "Rebuffi2021Fixing_28_10_cutmix_ddpm", "dm_wrn", 91.79, 78.69),
+    _dm("l2", "Rebuffi2021Fixing_70_16_cutmix_extra", "dm_wrn", 95.74, 82.32),
+    _dm("l2", "Rebuffi2021Fixing_R18_cutmix_ddpm", "dm_preact_resnet18", 90.33, 75.86),
+    _dm("l2", "Rade2021Helper_R18_ddpm", "dm_preact_resnet18", 90.57, 76.15),
 )
 
 

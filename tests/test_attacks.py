@@ -319,16 +319,16 @@ def test_negative_step_sizes_query_counts_and_pixels_outside_0_1_are_refused():
     assert jax.jit(lambda s: attacks.pgd(f, x, y, 0.1, step_size=s, steps=1))(0.01).shape == x.shape
 
 
-def linear_problem(seed=0, n=64, classes=10):
-    """A linear model on 4x4x3 images near 0.5 (no [0, 1] clip binds at small eps) and, per
-    image, the smallest L-inf and L2 perturbations that misclassify it (closed form:
+def linear_problem(seed=0, n=64, classes=10, side=4):
+    """A linear model on side x side x 3 images near 0.5 (no [0, 1] clip binds at small eps) and,
+    per image, the smallest L-inf and L2 perturbations that misclassify it (closed form:
     min over classes t of margin_t / ||w_y - w_t||, dual norms L1 and L2)."""
     rng = np.random.default_rng(seed)
-    w = rng.normal(size=(48, classes))
-    images = (0.5 + 0.02 * rng.normal(size=(n, 4, 4, 3))).astype(np.float32)
+    w = rng.normal(size=(side * side * 3, classes))
+    images = (0.5 + 0.02 * rng.normal(size=(n, side, side, 3))).astype(np.float32)
     logits = images.reshape(n, -1).astype(np.float64) @ w
     labels = np.argmax(logits, -1)
-    diff = w[:, labels].T[:, :, None] - w[None, :, :]  # [n, 48, classes]: w_y - w_t
+    diff = w[:, labels].T[:, :, None] - w[None, :, :]  # [n, pixels, classes]: w_y - w_t
     gap = logits[np.arange(n), labels][:, None] - logits  # margin_t >= 0
     other = np.arange(classes)[None, :] != labels[:, None]
     gap, diff = np.where(other, gap, 1.0), np.where(other[:, None, :], diff, 1.0)  # the true class is left out

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hfcjax import attacks
+from test_attacks import linear_problem
 
 FAST_COMPILE = True  # compilation is most of this module's time (conftest._fast_compile)
 square_module = importlib.import_module("hfcjax.attacks.square")  # `attacks.square` is the function
@@ -67,25 +68,9 @@ def test_the_window_fraction_follows_the_authors_schedule():
     np.testing.assert_allclose(got, [authors_fraction(0.8, i) for i in its], rtol=1e-6)
 
 
-def linear_model(seed=0, n=48, side=8, classes=10):
-    """A linear model on side x side x 3 images near 0.5 and each image's smallest L2 perturbation
-    that misclassifies it: min over classes t of margin_t / ||w_y - w_t||."""
-    rng = np.random.default_rng(seed)
-    d = side * side * 3
-    w = rng.normal(size=(d, classes)) / np.sqrt(d)
-    images = (0.5 + 0.03 * rng.normal(size=(n, side, side, 3))).astype(np.float32)
-    logits = images.reshape(n, -1).astype(np.float64) @ w
-    labels = np.argmax(logits, -1)
-    gap = logits[np.arange(n), labels][:, None] - logits
-    norms = np.sqrt(((w[:, labels].T[:, :, None] - w[None]) ** 2).sum(1))
-    minimal = np.where(np.arange(classes)[None] != labels[:, None], gap / np.maximum(norms, 1e-12), np.inf).min(1)
-    fn = lambda x: x.reshape(x.shape[0], -1) @ jnp.asarray(w, jnp.float32)
-    return fn, jnp.asarray(images), jnp.asarray(labels.astype(np.int32)), minimal
-
-
 @pytest.mark.parametrize("side", [8, 4])  # 4: under the authors' 5-pixel minimum, one-pixel start windows
 def test_square_l2_stays_in_the_ball_breaks_nothing_beyond_the_closed_form_and_lowers_margins(side):
-    fn, x, y, minimal = linear_model(side=side)
+    fn, x, y, _, minimal = linear_problem(n=48, side=side)
     eps = float(np.quantile(minimal, 0.75))
     adv = jax.jit(lambda x, y, k: attacks.square(fn, x, y, eps, key=k, queries=300, norm="l2", p_init=0.8,
                                                  rescale_schedule=False))(x, y, jax.random.key(0))
@@ -103,6 +88,6 @@ def test_square_l2_stays_in_the_ball_breaks_nothing_beyond_the_closed_form_and_l
 
 
 def test_square_rejects_an_unknown_norm():
-    fn, x, y, _ = linear_model(n=2)
+    fn, x, y, _, _ = linear_problem(n=2)
     with pytest.raises(ValueError, match="norm 'l1' is unknown for Square"):
         attacks.square(fn, x, y, 0.1, key=jax.random.key(0), queries=1, norm="l1")

@@ -65,15 +65,30 @@ def fraction(i, queries: int, p_init: float, rescale: bool):
     return p_init / 2.0 ** halvings
 
 
+def _search(logits_fn, images, labels, start, key, queries, propose):
+    """The random search both norms share: from `start`, `queries` proposals
+    `propose(i, x, key) -> (candidate, next key)`, each kept where it lowers the margin of an image
+    not yet misclassified (a misclassified candidate always has a lower margin than a correct point)."""
+    best = core.margin(logits_fn(start), labels)
+
+    def body(i, carry):
+        x, best, key = carry
+        candidate, key = propose(i, x, key)
+        loss = core.margin(logits_fn(candidate), labels)
+        improved = (loss < best) & (best > 0)
+        x = jnp.where(improved[:, None, None, None], candidate, x)
+        return x, jnp.where(improved, loss, best), key
+
+    x, _, _ = jax.lax.fori_loop(0, queries, body, (start, best, key))
+    return x
+
+
 def _linf(logits_fn, images, labels, eps, key, queries, p_init, rescale):
     n, height, width, channels = images.shape
     key, init_key = jax.random.split(key)
     stripes = jax.random.choice(init_key, jnp.array([-1.0, 1.0]), (n, 1, width, channels))
-    x = core.project_linf(images + eps * stripes, images, eps)
-    best = core.margin(logits_fn(x), labels)
 
-    def body(i, carry):
-        x, best, key = carry
+    def propose(i, x, key):
         key, k_pos, k_sign = jax.random.split(key, 3)
         p = fraction(i, queries, p_init, rescale)
         side = jnp.clip(jnp.round(jnp.sqrt(p * height * width)), 1, min(height, width)).astype(jnp.int32)
@@ -82,14 +97,10 @@ def _linf(logits_fn, images, labels, eps, key, queries, p_init, rescale):
         left = jnp.floor(pos[:, 1] * (width - side + 1)).astype(jnp.int32)
         inside = _window(height, width, top, left, side)
         signs = jax.random.choice(k_sign, jnp.array([-1.0, 1.0]), (n, 1, 1, channels))
-        candidate = jnp.where(inside[..., None], core.project_linf(images + eps * signs, images, eps), x)
-        loss = core.margin(logits_fn(candidate), labels)
-        improved = (loss < best) & (best > 0)
-        x = jnp.where(improved[:, None, None, None], candidate, x)
-        return x, jnp.where(improved, loss, best), key
+        return jnp.where(inside[..., None], core.project_linf(images + eps * signs, images, eps), x), key
 
-    x, _, _ = jax.lax.fori_loop(0, queries, body, (x, best, key))
-    return x
+    start = core.project_linf(images + eps * stripes, images, eps)
+    return _search(logits_fn, images, labels, start, key, queries, propose)
 
 
 def _window(height, width, top, left, side):
@@ -116,12 +127,12 @@ def window_pattern(height: int, width: int, top, left, side, transpose):
     of `side` at (`top`, `left`), zero outside: its upper side // 2 rows hold one normalised
     pseudo-Gaussian block, the other rows the negated other, the whole of unit L2 norm,
     transposed where `transpose`. `top`, `left`, `transpose`: [N]; `side` may be traced."""
+    s = jnp.asarray(side, jnp.int32)
+    inside = _window(height, width, top, left, s)  # a square: the same mask transposed
     r = jnp.arange(height)[None, :, None] - top[:, None, None]
     c = jnp.arange(width)[None, None, :] - left[:, None, None]
     t = transpose[:, None, None]
     r, c = jnp.where(t, c, r), jnp.where(t, r, c)
-    s = jnp.asarray(side, jnp.int32)
-    inside = (r >= 0) & (r < s) & (c >= 0) & (c < s)
     upper = r < s // 2
     size = max(height, width)
     first = jnp.where(inside & upper, _rectangles(r, c, s // 2, s, size), 0.0)
@@ -156,16 +167,13 @@ def _l2_init(images, eps, key):
 def _l2(logits_fn, images, labels, eps, key, queries, p_init, rescale):
     n, height, width, channels = images.shape
     key, init_key = jax.random.split(key)
-    x = _l2_init(images, eps, init_key)
-    best = core.margin(logits_fn(x), labels)
 
-    def body(i, carry):
-        x, best, key = carry
+    def propose(i, x, key):
         key, k_pos, k_flip, k_sign = jax.random.split(key, 4)
         p = fraction(i, queries, p_init, rescale)
         side = jnp.maximum(jnp.round(jnp.sqrt(p * height * width)), 3).astype(jnp.int32)
         side = jnp.minimum(side + (side % 2 == 0), min(height, width))  # odd, as the authors'
-        room_at = jnp.array([height, width, height, width])[:, None] - side  # corners in [0, H - side), as the authors'
+        room_at = jnp.array([height, width, height, width])[:, None] - side  # corners in [0, H - side), as theirs
         corner = jnp.floor(jax.random.uniform(k_pos, (4, n)) * room_at).astype(jnp.int32)
         first = _window(height, width, corner[0], corner[1], side)[..., None]
         second = _window(height, width, corner[2], corner[3], side)[..., None]
@@ -179,11 +187,6 @@ def _l2(logits_fn, images, labels, eps, key, queries, p_init, rescale):
         new = jnp.where(first, pattern * signs + delta / (1e-12 + in_first), 0.0)
         new = new / (1e-12 + jnp.sqrt(jnp.sum(new ** 2, axis=(1, 2), keepdims=True))) * jnp.sqrt(room + moved)
         delta = jnp.where(first, new, jnp.where(second, 0.0, delta))
-        candidate = jnp.clip(images + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0)
-        loss = core.margin(logits_fn(candidate), labels)
-        improved = ((loss < best) | (loss <= 0)) & (best > 0)
-        x = jnp.where(improved[:, None, None, None], candidate, x)
-        return x, jnp.where(improved, loss, best), key
+        return jnp.clip(images + delta / (_l2_norm(delta) + 1e-12) * eps, 0.0, 1.0), key
 
-    x, _, _ = jax.lax.fori_loop(0, queries, body, (x, best, key))
-    return x
+    return _search(logits_fn, images, labels, _l2_init(images, eps, init_key), key, queries, propose)
