@@ -97,7 +97,8 @@ def _inside(distance: np.ndarray, radius, inclusive: bool) -> jnp.ndarray:
     return d <= r if inclusive else d < r
 
 
-def _low_pass_rfft(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarray:
+def _low_pass_rfft(images: jnp.ndarray, radius, inclusive: bool, band: Optional[int] = None) -> jnp.ndarray:
+    del band  # every frequency is in the spectrum
     height, width = images.shape[-3], images.shape[-2]
     keep = _inside(np.sqrt(squared_distance(height, width, real_input=True)), radius, inclusive)
     spectrum = jnp.fft.rfft2(images, axes=(-3, -2))
@@ -105,21 +106,18 @@ def _low_pass_rfft(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarray:
     return jnp.fft.irfft2(spectrum, s=(height, width), axes=(-3, -2)).astype(images.dtype)
 
 
-def _band(freqs: np.ndarray, radius) -> np.ndarray:
-    """The frequencies a concrete radius can keep (all of them for a traced radius)."""
-    return freqs if is_traced(radius) else freqs[np.abs(freqs) <= float(np.floor(radius))]
-
-
-def _real_basis(n: int, radius):
-    """Non-negative frequencies a kept along one axis, their cos|sin basis [n, 2K] and the
-    weight of each frequency in the real projection (1 for 0 and Nyquist, else 2)."""
-    a = _band(np.arange(n // 2 + 1), radius)
+def _real_basis(n: int, band: Optional[int]):
+    """Non-negative frequencies a kept along one axis (those <= `band`; all for None), their
+    cos|sin basis [n, 2K] and the weight of each frequency in the real projection (1 for 0 and
+    Nyquist, else 2)."""
+    a = np.arange(n // 2 + 1)
+    a = a if band is None else a[a <= band]
     angle = 2 * np.pi * np.outer(np.arange(n), a) / n
     weight = np.where((a == 0) | (2 * a == n), 1.0, 2.0)
     return a, np.concatenate([np.cos(angle), np.sin(angle)], 1).astype(np.float32), weight
 
 
-def _low_pass_matmul(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarray:
+def _low_pass_matmul(images: jnp.ndarray, radius, inclusive: bool, band: Optional[int]) -> jnp.ndarray:
     """The same low-pass as four real 2-D GEMMs over the kept band only.
 
     The mask depends on fy^2 + fx^2, so the low-pass is the real projection onto the cos/sin
@@ -130,8 +128,8 @@ def _low_pass_matmul(images: jnp.ndarray, radius, inclusive: bool) -> jnp.ndarra
     """
     lead = images.shape[:-3]
     height, width, channels = images.shape[-3:]
-    ay, by, wy = _real_basis(height, radius)
-    ax, bx, wx = _real_basis(width, radius)
+    ay, by, wy = _real_basis(height, band)
+    ax, bx, wx = _real_basis(width, band)
     keep = _inside(np.sqrt(ay[:, None] ** 2 + ax[None, :] ** 2), radius, inclusive).astype(images.dtype)
     gain = jnp.tile(keep * jnp.asarray((wy[:, None] * wx[None, :] / (height * width)).astype(np.float32)), (2, 2)).T
     kx, ky = bx.shape[1], by.shape[1]
@@ -186,10 +184,18 @@ def split(images, radius, *, inclusive: bool = True, method: str = "auto") -> Tu
         raise UserError(f"unknown split method {method!r}; choose one of {SPLIT_METHODS}.")
     if method == "auto":
         method = "fft" if is_traced(radius) else "matmul"
+    # One compiled program per image shape and band size: the radius itself is an argument, so
+    # an eager sweep over radii compiles once per whole-frequency band, not once per operation.
+    band = None if method == "fft" or is_traced(radius) else min(int(np.floor(radius)), max(images.shape[-3:-1]))
+    return _split(images, radius, inclusive=inclusive, method=method, band=band)
+
+
+@functools.partial(jax.jit, static_argnames=("inclusive", "method", "band"))
+def _split(images, radius, *, inclusive: bool, method: str, band: Optional[int]):
     low_pass = _low_pass_rfft if method == "fft" else _low_pass_matmul
 
     def split_block(x):
-        low = low_pass(x, radius, inclusive)
+        low = low_pass(x, radius, inclusive, band)
         return low, x - low
 
     flat = images.reshape(-1, *images.shape[-3:])

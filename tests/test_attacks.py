@@ -390,6 +390,53 @@ def test_fab_projection_is_the_closed_form_minimal_step_inside_the_box(seed, nor
     assert np.all(p + far >= -1e-6) and np.all(p + far <= 1 + 1e-6)  # unreachable plane: as close as the box allows
 
 
+def _box_projection_reference(p, w, c, norm):
+    """scipy's minimum of ||d|| (L-inf: a linear program in (d, t); L2: SLSQP) subject to
+    w.d = c and 0 <= p + d <= 1."""
+    from scipy import optimize
+
+    n = len(p)
+    if norm == "linf":
+        # variables (d, t): minimise t, -t <= d_i <= t, w.d = c, -p <= d <= 1 - p
+        eye = np.eye(n)
+        bounds = [(-pi, 1 - pi) for pi in p] + [(0, None)]
+        res = optimize.linprog(np.r_[np.zeros(n), 1.0], A_ub=np.block([[eye, -np.ones((n, 1))], [-eye, -np.ones((n, 1))]]),
+                               b_ub=np.zeros(2 * n), A_eq=np.r_[w, 0.0][None], b_eq=[c], bounds=bounds, method="highs")
+        assert res.status == 0
+        return res.x[:n]
+    res = optimize.minimize(lambda d: d @ d, np.zeros(n), jac=lambda d: 2 * d, method="SLSQP",
+                            bounds=[(-pi, 1 - pi) for pi in p],
+                            constraints=[{"type": "eq", "fun": lambda d: w @ d - c, "jac": lambda d: w}],
+                            options={"ftol": 1e-14, "maxiter": 500})
+    assert res.success
+    return res.x
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), norm=st.sampled_from(["linf", "l2"]), reach=st.floats(0.05, 0.9))
+def test_fab_projection_equals_scipys_where_the_box_binds(seed, norm, reach):
+    """Points near the box's faces and planes far enough that many coordinates end at a bound
+    (and some w_i = 0): the sorted closed form is the minimum scipy's solvers find."""
+    rng = np.random.default_rng(seed)
+    n = 12
+    p = rng.choice([0.0, 0.02, 0.5, 0.97, 1.0], size=n)
+    p = np.clip(p + rng.uniform(-0.01, 0.01, size=n), 0, 1)
+    w = rng.normal(size=n) * (rng.uniform(size=n) > 0.2)
+    w[0] = 1.0 + abs(w[0])
+    sign = rng.choice([-1.0, 1.0])
+    most = np.sum(np.where(w * sign > 0, w * sign * (1 - p), -w * sign * p))  # the largest reachable |c|
+    c = sign * reach * most
+    d = np.asarray(attacks.project_hyperplane(jnp.asarray(p, jnp.float32), jnp.asarray(w, jnp.float32),
+                                              jnp.asarray(w @ p + c, jnp.float32), norm), np.float64)
+    want = _box_projection_reference(p, w, c, norm)
+    size = (lambda v: np.max(np.abs(v))) if norm == "linf" else np.linalg.norm
+    assert np.all(p + d >= -1e-6) and np.all(p + d <= 1 + 1e-6)
+    assert w @ d == pytest.approx(c, abs=1e-4 * max(1.0, abs(c)))
+    assert size(d) == pytest.approx(size(want), rel=1e-4, abs=1e-5)
+    if norm == "l2":  # strictly convex: the minimiser itself is unique
+        np.testing.assert_allclose(d, want, atol=1e-4)
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_fab_finds_the_closed_form_minimal_perturbation_of_a_linear_model(norm):
     fn, x, y, linf, l2 = linear_problem(seed=2, n=32)
