@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Dict, Optional, Sequence
 
-import matplotlib
-import matplotlib.patches
-import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from hfcjax import data, frequency, measure, reports  # noqa: E402
+from hfcjax import data, frequency, measure, reports
 from hfcjax.errors import UserError
+
+
+def _mpl(submodule: str = "pyplot"):
+    """matplotlib.`submodule` (pyplot with the Agg backend), imported on first use: a process
+    that draws no figure (a run with config.draw_figures off, an evaluation without plots)
+    does not pay matplotlib's import, 0.5-0.7 s per process (docs/benchmarks.md)."""
+    _agg()
+    return importlib.import_module(f"matplotlib.{submodule}")
+
+
+@functools.cache
+def _agg() -> None:
+    """Figures are files: the Agg backend, chosen once (a notebook shows the PNGs it writes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
 
 
 def save(fig, path) -> str:
@@ -22,7 +34,7 @@ def save(fig, path) -> str:
         with reports.atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     finally:
-        plt.close(fig)
+        _mpl().close(fig)
     return str(path)
 
 
@@ -47,7 +59,7 @@ def split_examples(images_u8, radii: Sequence[float], path, labels=None, class_n
     """
     images = np.asarray(images_u8, np.float32) / 255.0
     n, cols = len(images), 1 + 2 * len(radii)
-    fig, axes = plt.subplots(n, cols, figsize=(1.2 * cols, 1.25 * n), squeeze=False)
+    fig, axes = _mpl().subplots(n, cols, figsize=(1.2 * cols, 1.25 * n), squeeze=False)
     parts = [frequency.split(images, r) for r in radii]
     for i in range(n):
         name = ""
@@ -68,7 +80,7 @@ def _accuracy_lines(ax, records: Sequence[Dict], split: str, radii: Sequence[flo
     variants = measure.recorded(records, split, measure.tracked_variants(radii))
     radii = [r for r in radii if measure.low(r) in variants and measure.high(r) in variants]
     curves = measure.series(records, split, variants)
-    colours = plt.cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
+    colours = _mpl().cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
     ax.plot(epochs, curves[measure.ORIGINAL], "k-", lw=2, label=label)
     for c, radius in zip(colours, radii):
         for variant, style in ((measure.low(radius), "-"), (measure.high(radius), "--")):
@@ -80,11 +92,11 @@ def training_curves(records: Sequence[Dict], radii: Sequence[float], path, title
     and on their LFC and HFC at every radius in `radii` (metrics.jsonl records)."""
     if not records:
         raise UserError("no metrics to plot: metrics.jsonl is empty.")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    fig, axes = _mpl().subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, split in zip(axes, measure.SPLITS):
         _accuracy_lines(ax, records, split, radii, f"{split} (original)")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_mpl("ticker").MaxNLocator(integer=True))
         ax.set_title(f"{split} set")
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1.02)
@@ -101,7 +113,7 @@ def kernels(kernel_sets: Dict[str, np.ndarray], path, max_kernels: int = 16) -> 
     names = list(kernel_sets)
     first = np.asarray(kernel_sets[names[0]])
     channels, count = first.shape[2], min(first.shape[3], max_kernels)
-    fig, axes = plt.subplots(len(names) * channels, count, figsize=(0.55 * count, 0.6 * channels * len(names) + 0.4),
+    fig, axes = _mpl().subplots(len(names) * channels, count, figsize=(0.55 * count, 0.6 * channels * len(names) + 0.4),
                              squeeze=False)
     for b, name in enumerate(names):
         k = np.asarray(kernel_sets[name], np.float32)
@@ -126,7 +138,7 @@ def hfc_story(images, lows, highs, rows: Sequence[Dict], path, radius: float, cl
     n = len(images)
     if n == 0:
         raise UserError("no examples to draw")
-    fig, axes = plt.subplots(n, 3, figsize=(4.2, 1.45 * n), squeeze=False)
+    fig, axes = _mpl().subplots(n, 3, figsize=(4.2, 1.45 * n), squeeze=False)
     name = (lambda k: class_names[k]) if class_names else str
     for i in range(n):
         for j, (key, image) in enumerate((("original", images[i]), ("low", lows[i]), ("high", highs[i]))):
@@ -150,8 +162,8 @@ def figure2(images_u8, radius: float, rows: Sequence[Dict], path, *, inclusive: 
 
 def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
     """Accuracy under FGSM and PGD along eps, one line per rho (Table 2 as a picture)."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    colours = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
+    fig, axes = _mpl().subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    colours = _mpl().cm.plasma(np.linspace(0, 0.85, len(rows)))
     xs = [0.0, *eps]
     for c, row in zip(colours, rows):
         for ax, attack in zip(axes, ("fgsm", "pgd")):
@@ -169,8 +181,8 @@ def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
 def filtering_curves(rows: Sequence[Dict], path) -> str:
     """Accuracy under low- and high-pass filtering along the radius, and per band-pass ring
     the accuracy with only the ring kept and with it removed; one colour per rho."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharey=True)
-    colours = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
+    fig, axes = _mpl().subplots(1, 3, figsize=(12, 3.4), sharey=True)
+    colours = _mpl().cm.plasma(np.linspace(0, 0.85, len(rows)))
     for c, row in zip(colours, rows):
         axes[0].plot(row["radii"], row["low"], "o-", color=c, ms=3, label=row["name"])
         axes[0].plot(row["radii"], row["high"], "s--", color=c, ms=3)
@@ -193,7 +205,7 @@ def heatmaps(maps: Dict[str, np.ndarray], path, eps: Optional[float] = None, rad
     one colour scale shared by all maps, from their lowest to their highest error), with the
     LFC/HFC circles of `radii`."""
     names = list(maps)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names) + 0.8, 3.0), squeeze=False)
+    fig, axes = _mpl().subplots(1, len(names), figsize=(3.0 * len(names) + 0.8, 3.0), squeeze=False)
     low = min(float(np.min(m)) for m in maps.values())
     high = max(float(np.max(m)) for m in maps.values())
     image = None
@@ -202,7 +214,7 @@ def heatmaps(maps: Dict[str, np.ndarray], path, eps: Optional[float] = None, rad
         h, w = error.shape
         image = ax.imshow(error, cmap="magma", vmin=low, vmax=max(high, low + 1e-6), interpolation="nearest")
         for r in radii:
-            ax.add_patch(matplotlib.patches.Circle((w // 2, h // 2), r, fill=False, color="cyan", lw=0.6, ls="--"))
+            ax.add_patch(_mpl("patches").Circle((w // 2, h // 2), r, fill=False, color="cyan", lw=0.6, ls="--"))
         ax.set_title(name, fontsize=8)
         ax.set_xticks([0, w // 2, w - 1], [f"{-(w // 2)}", "0", f"{w - 1 - w // 2}"], fontsize=6)
         ax.set_yticks([0, h // 2, h - 1], [f"{-(h // 2)}", "0", f"{h - 1 - h // 2}"], fontsize=6)
@@ -216,8 +228,8 @@ def perturbation_spectra(rows: Sequence[Dict], path) -> str:
     """Mean radial power spectrum of the successful perturbations (x_adv - x) of each attack
     at its largest eps, one line per row (rho), log scale."""
     attacks = [a for a in rows[0]["spectra"]]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.0 * len(attacks), 3.0), sharey=True, squeeze=False)
-    colours = plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
+    fig, axes = _mpl().subplots(1, len(attacks), figsize=(3.0 * len(attacks), 3.0), sharey=True, squeeze=False)
+    colours = _mpl().cm.plasma(np.linspace(0, 0.85, len(rows)))
     for ax, attack in zip(axes[0], attacks):
         for c, row in zip(colours, rows):
             spectrum = row["spectra"][attack]
@@ -242,13 +254,13 @@ def compare_runs(histories: Dict[str, Sequence[Dict]], radii: Sequence[float], p
     names = list(histories)
     cols = min(len(names), 4)
     rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), sharey=True, squeeze=False)
+    fig, axes = _mpl().subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), sharey=True, squeeze=False)
     for ax, name in zip(axes.flat, names):
         _accuracy_lines(ax, histories[name], split, radii, f"{split} x")
         ax.set_title(name, fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_mpl("ticker").MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=8)
     for ax in axes.flat[len(names):]:
         ax.axis("off")
