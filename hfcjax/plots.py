@@ -12,6 +12,17 @@ from hfcjax import data, frequency, measure, reports
 from hfcjax.errors import UserError
 
 
+def pyplot():
+    """matplotlib.pyplot with the Agg backend, for the evaluators' own figures."""
+    return _mpl()
+
+
+def palette(count: int, cmap: str = "plasma", low: float = 0.0, high: float = 0.85) -> np.ndarray:
+    """`count` RGBA colours of a matplotlib colormap, evenly spaced from `low` to `high`
+    (plasma for rows of models, viridis for an ordered series)."""
+    return getattr(_mpl().cm, cmap)(np.linspace(low, high, max(count, 1)))
+
+
 def _mpl(submodule: str = "pyplot"):
     """matplotlib.`submodule` (pyplot with the Agg backend), imported on first use: a process
     that draws no figure (a run with config.draw_figures off, an evaluation without plots)
@@ -80,7 +91,7 @@ def _accuracy_lines(ax, records: Sequence[Dict], split: str, radii: Sequence[flo
     variants = measure.recorded(records, split, measure.tracked_variants(radii))
     radii = [r for r in radii if measure.low(r) in variants and measure.high(r) in variants]
     curves = measure.series(records, split, variants)
-    colours = _mpl().cm.viridis(np.linspace(0, 0.9, max(len(radii), 1)))
+    colours = palette(len(radii), "viridis", high=0.9)
     ax.plot(epochs, curves[measure.ORIGINAL], "k-", lw=2, label=label)
     for c, radius in zip(colours, radii):
         for variant, style in ((measure.low(radius), "-"), (measure.high(radius), "--")):
@@ -163,7 +174,7 @@ def figure2(images_u8, radius: float, rows: Sequence[Dict], path, *, inclusive: 
 def robustness_curves(rows: Sequence[Dict], eps: Sequence[float], path) -> str:
     """Accuracy under FGSM and PGD along eps, one line per rho (Table 2 as a picture)."""
     fig, axes = _mpl().subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    colours = _mpl().cm.plasma(np.linspace(0, 0.85, len(rows)))
+    colours = palette(len(rows))
     xs = [0.0, *eps]
     for c, row in zip(colours, rows):
         for ax, attack in zip(axes, ("fgsm", "pgd")):
@@ -182,7 +193,7 @@ def filtering_curves(rows: Sequence[Dict], path) -> str:
     """Accuracy under low- and high-pass filtering along the radius, and per band-pass ring
     the accuracy with only the ring kept and with it removed; one colour per rho."""
     fig, axes = _mpl().subplots(1, 3, figsize=(12, 3.4), sharey=True)
-    colours = _mpl().cm.plasma(np.linspace(0, 0.85, len(rows)))
+    colours = palette(len(rows))
     for c, row in zip(colours, rows):
         axes[0].plot(row["radii"], row["low"], "o-", color=c, ms=3, label=row["name"])
         axes[0].plot(row["radii"], row["high"], "s--", color=c, ms=3)
@@ -229,7 +240,7 @@ def perturbation_spectra(rows: Sequence[Dict], path) -> str:
     at its largest eps, one line per row (rho), log scale."""
     attacks = [a for a in rows[0]["spectra"]]
     fig, axes = _mpl().subplots(1, len(attacks), figsize=(3.0 * len(attacks), 3.0), sharey=True, squeeze=False)
-    colours = _mpl().cm.plasma(np.linspace(0, 0.85, len(rows)))
+    colours = palette(len(rows))
     for ax, attack in zip(axes[0], attacks):
         for c, row in zip(colours, rows):
             spectrum = row["spectra"][attack]

@@ -210,13 +210,13 @@ def figure(rows: Sequence[Dict], path) -> str:
     """Left: the first row's error per corruption (one bar per severity). Right: per row
     (rho), each corruption's mean error against the fraction of its power beyond r = H/4
     (mean over severities), Yin et al.'s question: are high-frequency corruptions the hard ones?"""
-    fig, axes = plots.plt.subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, axes = plots.pyplot().subplots(1, 2, figsize=(13, 4), gridspec_kw={"width_ratios": [1.6, 1]})
     if rows:
         first = rows[0]
         names, severities = first["corruptions"], first["severities"]
         error = 1 - np.asarray(first["accuracy"])
         width = 0.8 / len(severities)
-        shades = plots.plt.cm.viridis(np.linspace(0.15, 0.9, len(severities)))
+        shades = plots.palette(len(severities), "viridis", 0.15, 0.9)
         for j, (s, colour) in enumerate(zip(severities, shades)):
             axes[0].bar(np.arange(len(names)) + (j - (len(severities) - 1) / 2) * width, error[:, j], width,
                         color=colour, label=f"severity {s}")
@@ -225,7 +225,7 @@ def figure(rows: Sequence[Dict], path) -> str:
         axes[0].set_ylim(0, 1)
         axes[0].set_title(f"{first['name']}: error per corruption and severity", fontsize=9)
         axes[0].legend(fontsize=6, ncol=3)
-        colours = plots.plt.cm.plasma(np.linspace(0, 0.85, len(rows)))
+        colours = plots.palette(len(rows))
         for colour, row in zip(colours, rows):
             profiles = np.asarray(row["power_beyond"])  # [corruption, severity, r]
             r = int(round((profiles.shape[-1] - 1) * np.sqrt(2) / 4))  # H/4 of square images: the last r is ~H/sqrt(2)

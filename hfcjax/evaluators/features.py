@@ -146,15 +146,15 @@ def figure(rows: Sequence[Dict], path) -> str:
     """Left: the first row's (the model as given) relative log amplitude of every feature map
     against frequency (0 to pi), coloured by depth (Park & Kim 2022, Fig. 2a). Right: the
     value at pi against depth, one line per row (rho)."""
-    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 3.4))
+    fig, axes = plots.pyplot().subplots(1, 2, figsize=(11, 3.4))
     if rows:
         first = rows[0]
-        depth = plots.plt.cm.viridis(np.linspace(0, 1, max(len(first["layers"]), 1)))
+        depth = plots.palette(len(first["layers"]), "viridis", high=1.0)
         for c, profile, shape in zip(depth, first["profiles"], first["shapes"]):
             half = min(shape[0], shape[1]) // 2
             axes[0].plot(np.arange(half + 1) / half, profile[:half + 1], color=c, lw=1)
         axes[0].set_title(f"{first['name']}: feature maps, shallow (purple) to deep (yellow)", fontsize=9)
-    colours = plots.plt.cm.plasma(np.linspace(0, 0.85, max(len(rows), 1)))
+    colours = plots.palette(len(rows))
     for c, row in zip(colours, rows):
         axes[1].plot(np.arange(len(row["high"])), row["high"], "o-", color=c, ms=3, label=row["name"])
     if rows and len(rows[0]["layers"]) <= 12:

@@ -124,8 +124,8 @@ class Evaluator(common.BatchEvaluator):
 def figure(rows: Sequence[Dict], path) -> str:
     """Mean radial power spectrum (log scale) of the unit-norm input gradients and of the
     sign patterns of FGSM's successes, one line per row (rho); dotted: the paper's radii."""
-    fig, axes = plots.plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
-    colours = plots.plt.cm.plasma(np.linspace(0, 0.85, max(len(rows), 1)))
+    fig, axes = plots.pyplot().subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    colours = plots.palette(len(rows))
     for c, row in zip(colours, rows):
         for ax, key in zip(axes, ("gradient_spectrum", "sign_spectrum")):
             if row[key]:

@@ -154,8 +154,8 @@ def figure(rows: Sequence[Dict], path) -> str:
     """Left: the median L2 margin per diagonal DCT block (quartiles shaded), one line per row
     (rho), the whole space's median dashed. Right: every image's margin per block for the
     first row (the model as given)."""
-    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 3.4))
-    colours = plots.plt.cm.plasma(np.linspace(0, 0.85, max(len(rows), 1)))
+    fig, axes = plots.pyplot().subplots(1, 2, figsize=(11, 3.4))
+    colours = plots.palette(len(rows))
     as_float = lambda values: np.array([np.nan if v is None else v for v in values], np.float64)
     for c, row in zip(colours, rows):
         xs = np.asarray(row["band_starts"]) + (row["block"] - 1) / 2

@@ -148,7 +148,7 @@ def figure(images, examples, rows: Sequence[Dict], path) -> str:
     and the accuracy on clean, phase-only and amplitude-only images."""
     swapped, phase_only, amplitude_only = examples
     n = len(images)
-    fig = plots.plt.figure(figsize=(12, max(2.2, 1.3 * n)))
+    fig = plots.pyplot().figure(figsize=(12, max(2.2, 1.3 * n)))
     grid = fig.add_gridspec(n, 6, width_ratios=[1, 1, 1, 1, 1, 4.5], wspace=0.08)
     titles = ("image", "partner", "its phase +\npartner's amplitude", "phase only", "amplitude only")
     for i in range(n):
@@ -159,7 +159,7 @@ def figure(images, examples, rows: Sequence[Dict], path) -> str:
     keys = ("clean", "follows_phase", "follows_amplitude", "phase_only", "amplitude_only")
     labels = ("clean acc", "follows phase", "follows amplitude", "phase-only acc", "amplitude-only acc")
     width = 0.8 / max(len(rows), 1)
-    colours = plots.plt.cm.plasma(np.linspace(0, 0.85, max(len(rows), 1)))
+    colours = plots.palette(len(rows))
     for k, (c, row) in enumerate(zip(colours, rows)):
         ax.bar(np.arange(len(keys)) + (k - (len(rows) - 1) / 2) * width, [row[key] for key in keys], width,
                color=c, label=row["name"])
