@@ -2,13 +2,16 @@
 
     python -m benchmarks.autoattack_parity square [--queries 1000] [--images 100]
     python -m benchmarks.autoattack_parity standard [--images 100]
+    python -m benchmarks.autoattack_parity rand [--images 100] [--sigma 0.1]
 
 The model is the AutoAttack parity test's: a 784-64-10 MLP trained in torch for two epochs on
 6,000 Fashion-MNIST images (seed 0), the first `--images` test images. `square`: robust accuracy
 after Square alone per norm, eps and seed, with AutoAttack's settings (p_init 0.8, schedule not
 rescaled). `standard`: AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square 5,000) in
 L-inf and L2, hfcjax's `autoattack` evaluator against `torchattacks.AutoAttack`, with each one's
-seconds. Prints Markdown tables (docs/results.md, section 5). Needs torch and torchattacks (the
+seconds. `rand`: the MLP made random (Gaussian noise of std `--sigma` on its input at every
+pass), AutoAttack's rand version (APGD-CE, APGD-DLR, EOT over 20 draws) in both, and hfcjax's
+with one draw per gradient beside it. Prints Markdown tables (docs/results.md, section 5). Needs torch and torchattacks (the
 test extras).
 """
 
@@ -113,18 +116,65 @@ def standard_table(model, images, labels) -> None:
               f"{time.time() - start:.1f} / {seconds_theirs:.1f} |")
 
 
+def rand_table(model, images, labels, sigma: float) -> None:
+    import torch
+    import torchattacks
+
+    from hfcjax import evaluators
+    from hfcjax.evaluators import common, variants
+
+    class Noisy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x + sigma * torch.randn_like(x))
+
+    noisy, logits = Noisy(model).eval(), jax_logits(model)
+    apply_fn = attacks.RandomizedApply(lambda v, z, key: logits(z + sigma * jax.random.normal(key, z.shape)))
+    x_torch = torch.from_numpy(images.astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
+    print(f"| eps | hfcjax rand: clean, after APGD-CE, APGD-DLR | hfcjax, one draw per gradient | torchattacks rand "
+          f"| seconds hfcjax / torchattacks |")
+    print("|---|---|---|---|---|")
+    for eps in (0.04, 0.08):
+        torch.manual_seed(0)
+        start = time.time()
+        adv = torchattacks.AutoAttack(noisy, norm="Linf", eps=eps, version="rand", n_classes=10, seed=0)(
+            x_torch, torch.from_numpy(labels.astype(np.int64)))
+        with torch.no_grad():
+            theirs = float((noisy(adv).argmax(1).numpy() == labels).mean())
+        seconds_theirs = time.time() - start
+        rows = {}
+        for draws in (20, 1):
+            cfg = evaluators.section_defaults("autoattack")
+            cfg.update(enabled=True, eps=eps, version="rand", eot_draws=draws)
+            inputs = common.Inputs({}, variants.model_variants({}, rhos=(0.0,)), images, labels, (4.0,))
+            start = time.time()
+            (rows[draws],) = evaluators.module("autoattack").Evaluator(
+                apply_fn, cfg, common.Shared(batch_size=len(images), log=lambda m: None)).run(inputs)
+            if draws == 20:
+                seconds = time.time() - start
+        steps = ", ".join(f"{s['robust_accuracy']:.2f}" for s in rows[20].per_attack)
+        print(f"| {eps:g} | {rows[20].clean:.2f}, {steps} | {rows[1].robust:.2f} | {theirs:.2f} | "
+              f"{seconds:.1f} / {seconds_theirs:.1f} |")
+
+
 def main() -> None:
     import torch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("square", "standard"))
+    parser.add_argument("what", choices=("square", "standard", "rand"))
     parser.add_argument("--queries", type=int, default=1000, help="square: queries per run")
     parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--sigma", type=float, default=0.1, help="rand: std of the input noise of each pass")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, images, labels = trained_mlp(args.images)
     if args.what == "square":
         square_table(model, images, labels, args.queries)
+    elif args.what == "rand":
+        rand_table(model, images, labels, args.sigma)
     else:
         standard_table(model, images, labels)
 

@@ -1,7 +1,8 @@
 """Models and images hfcjax did not make: a user's factory, its preprocessing, an .npz of images.
 
 `load_factory("pkg.module:factory")` imports and calls the factory, which returns either a
-``logits_fn(images)`` or a ``(flax_module, variables)`` pair. `Preprocess` is the model's own
+``logits_fn(images)`` or a ``(flax_module, variables)`` pair, or either `Randomized` (a model
+with randomness at inference, whose logits take a key). `Preprocess` is the model's own
 input step (per-channel mean/std, NCHW layout) and runs *inside* the logits function, so
 attacks and frequency splits always see pixels in [0, 1], channels last. `apply_fn_of` turns
 either form into the ``apply_fn(variables, images)`` every evaluator takes. `load_images`
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hfcjax import attacks
 from hfcjax.errors import UserError
 
 LAYOUTS = ("NHWC", "NCHW")
@@ -70,11 +72,34 @@ def load_factory(spec: str) -> Any:
         raise UserError(f"--model {spec}: calling {attr}() failed ({type(e).__name__}: {e}).") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Randomized:
+    """A model with randomness at inference (a random defence), for AutoAttack's rand version:
+    `model` is a ``logits_fn(images, key)``, or a ``(flax module, variables)`` pair whose
+    apply draws from the rng collection `rng` (``module.apply(variables, x, rngs={rng: key})``).
+    It becomes an `attacks.RandomizedApply`: APGD averages its gradients over draws (EOT),
+    every other analysis sees one fixed draw."""
+
+    model: Any
+    rng: str = "noise"
+
+
 def apply_fn_of(model: Any, variables: Optional[Dict] = None, preprocess: Optional[Preprocess] = None
                 ) -> Tuple[Callable, Dict]:
-    """(apply_fn(variables, x), variables) for a logits_fn, a flax module with `variables`, or
-    the ``(module, variables)`` pair a factory returns; `preprocess` runs inside."""
+    """(apply_fn(variables, x), variables) for a logits_fn, a flax module with `variables`, the
+    ``(module, variables)`` pair a factory returns, or any of those `Randomized` (then an
+    `attacks.RandomizedApply`, which also takes a key); `preprocess` runs inside."""
     preprocess = preprocess or Preprocess()
+    if isinstance(model, Randomized):
+        inner, rng = model.model, model.rng
+        if isinstance(inner, tuple) and len(inner) == 2 and hasattr(inner[0], "apply"):
+            module, variables = inner
+            return attacks.RandomizedApply(lambda v, x, key: module.apply(v, preprocess(x), rngs={rng: key})), \
+                dict(variables)
+        if callable(inner) and not hasattr(inner, "apply"):
+            return attacks.RandomizedApply(lambda v, x, key: inner(preprocess(x), key)), {}
+        raise UserError(f"Randomized takes a logits_fn(images, key) or a (flax module, variables) pair, got "
+                         f"{type(inner).__name__}.")
     if isinstance(model, tuple) and len(model) == 2 and hasattr(model[0], "apply"):
         model, variables = model
     if hasattr(model, "apply") and hasattr(model, "init"):

@@ -451,3 +451,66 @@ def test_fab_finds_the_closed_form_minimal_perturbation_of_a_linear_model(norm):
         assert np.all(found >= minimal[success] * (1 - 1e-4))  # nothing beats the closed form
         if not targeted:  # FAB heads for the nearest boundary: within its 5% overshoot of the minimum
             assert np.all(found <= minimal[success] * 1.06)
+
+
+def test_eot_gradient_is_the_mean_of_the_closed_form_gradients_of_each_draw():
+    """A randomized linear model, logits = x (W + E_k) with E_k drawn from the pass's key: the
+    EOT gradient of the summed CE is the mean over draws of (W + E_k) (softmax - onehot), the
+    aux the last draw's; keys are the step's, split per pass."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(12, 5)).astype(np.float32)
+    x = rng.uniform(size=(3, 12)).astype(np.float32)
+    y = rng.integers(0, 5, size=3)
+    noise = lambda key: 0.5 * jax.random.normal(key, w.shape)
+
+    def total(z, key):
+        logits = z @ (jnp.asarray(w) + noise(key))
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(y))
+        return losses.sum(), losses
+
+    eot = attacks.Eot(7, jax.random.key(3))
+    losses, grad = attacks.eot_value_and_grad(total, jnp.asarray(x), eot, 4)
+    keys = jax.random.split(jax.random.fold_in(eot.key, 4), 7)
+    want = np.zeros_like(x, np.float64)
+    for key in keys:
+        m = w.astype(np.float64) + np.asarray(noise(key), np.float64)
+        logits = x.astype(np.float64) @ m
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        want += (p - np.eye(5)[y]) @ m.T / 7
+    np.testing.assert_allclose(grad, want, atol=1e-5)
+    last = x.astype(np.float64) @ (w + np.asarray(noise(keys[-1]), np.float64))
+    want_losses = np.log(np.exp(last).sum(-1)) - last[np.arange(3), y]
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+
+
+def randomized_linear_problem():
+    """`linear_problem(seed=3)` as a randomized model ``logits_fn(images, key)``: plus a wobble
+    whose value is tiny (< 0.01) but whose input gradient is a fresh random sign per pass,
+    larger than the model's own. Returns (logits_fn, images, labels, minimal L-inf)."""
+    fn, x, y, linf, _ = linear_problem(seed=3)
+    v = jnp.asarray(np.random.default_rng(9).normal(size=(48, 10)), jnp.float32)
+
+    def randomized(z, key):
+        flat = z.reshape(z.shape[0], -1)
+        sign = jax.random.rademacher(key, flat.shape, flat.dtype)
+        return fn(z) + (3.0 * sign * jnp.sin(1000.0 * flat) / 1000.0) @ v
+
+    return randomized, x, y, linf
+
+
+def test_apgd_with_eot_breaks_a_randomized_model_one_draw_per_gradient_cannot():
+    """On `randomized_linear_problem`, APGD with one pass per gradient follows noise, with AutoAttack's 20 (rand version) it breaks every image whose closed-form
+    minimal L-inf perturbation is below 0.95 eps, and nothing beyond the closed form."""
+    randomized, x, y, linf = randomized_linear_problem()
+    eps = float(np.quantile(linf, 0.75))
+    broken = {}
+    for draws in (1, 20):
+        eot = attacks.Eot(draws, jax.random.key(0))
+        result = jax.jit(lambda x, y: attacks.apgd_run(randomized, x, y, eps, steps=50, eot=eot))(x, y)
+        broken[draws] = np.asarray(result.success)
+        assert not broken[draws][linf > eps * 1.001].any()
+    assert broken[20][linf < 0.95 * eps].all() and broken[20].sum() >= 20
+    assert broken[1].sum() < broken[20].sum() / 4
+    with pytest.raises(ValueError, match="draws >= 1"):
+        attacks.apgd_run(randomized, x, y, eps, eot=attacks.Eot(0, jax.random.key(0)))

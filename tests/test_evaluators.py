@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from hfcjax import config as config_lib, evaluators, measure, smoothing, writers
+from hfcjax import config as config_lib, evaluators, external, measure, smoothing, writers
 from hfcjax.evaluators import checks, common, frequency, variants
 
 FAST_COMPILE = True  # compilation is most of this module's time (conftest._fast_compile)
@@ -269,8 +269,39 @@ def test_autoattack_cascade_gives_the_closed_form_robust_accuracy_of_a_linear_mo
     assert "| after apgd-t |" in (tmp_path / "autoattack.md").read_text()
 
 
+def test_autoattack_rand_version_averages_a_randomized_models_gradients():
+    """AutoAttack's rand version (APGD-CE, APGD-DLR, 20 passes per gradient) on a model made
+    `external.Randomized`: robust accuracy down to the closed form, where one pass per
+    gradient leaves most images standing; every other analysis sees one fixed draw (the
+    model checks find no randomness); on a deterministic model it warns."""
+    from test_attacks import randomized_linear_problem
+
+    randomized, x, y, linf = randomized_linear_problem()
+    apply_fn, variables = external.apply_fn_of(external.Randomized(randomized))
+    eps = float(np.quantile(linf, 0.75))
+    inputs = common.Inputs(variables, variants.model_variants(variables, rhos=(0.0,)), np.asarray(x), np.asarray(y),
+                           (1.0,))
+    rows, lines = {}, []
+    for draws in (1, 20):
+        cfg = section("autoattack", enabled=True, eps=eps, version="rand", apgd_steps=50, eot_draws=draws)
+        evaluators.validate(ml_collections.ConfigDict({"autoattack": cfg}))
+        (rows[draws],) = evaluators.module("autoattack").Evaluator(
+            apply_fn, cfg, common.Shared(batch_size=64, log=lines.append)).run(inputs)
+    assert [s["attack"] for s in rows[20].per_attack] == ["apgd-ce", "apgd-dlr"]
+    assert rows[20].clean == 1.0 and np.mean(linf > eps * 1.001) <= rows[20].robust <= np.mean(linf >= 0.95 * eps)
+    assert rows[1].robust > rows[20].robust + 0.3
+    assert not [line for line in lines if "warning" in line]
+    assert checks.model_checks(apply_fn, variables, np.asarray(x), np.asarray(y)) == []
+    deterministic = lambda v, z: randomized(z, jax.random.key(0))
+    cfg = section("autoattack", enabled=True, eps=eps, version="rand", apgd_steps=2)
+    evaluators.module("autoattack").Evaluator(deterministic, cfg, common.Shared(batch_size=64, log=lines.append)
+                                              ).run(inputs)
+    assert any("version 'rand' on a deterministic model" in line for line in lines)
+
+
 @pytest.mark.parametrize("change, message", [
-    ({"version": "rand"}, "version 'rand' is unknown"),
+    ({"version": "plus"}, "version 'plus' is unknown"),
+    ({"eot_draws": 0}, "eot_draws"),
     ({"version": "custom"}, "version 'custom' needs at least one attack"),
     ({"attacks": ("apgd-ce",)}, "the standard version fixes its attacks"),
     ({"version": "custom", "attacks": ("pgd",)}, r"\['pgd'\] unknown; AutoAttack's names are"),

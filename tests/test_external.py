@@ -5,6 +5,8 @@ import json
 import sys
 import textwrap
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -192,3 +194,35 @@ def test_rho_0_needs_no_selected_kernel_and_rho_above_names_the_kernels_found(us
     with pytest.raises(UserError, match=r"no convolution kernel matches \['\^stem/kernel\$'\]; kernels in this "
                                         r"model: \['conv1/kernel'\]; select them with config.evaluation.layers"):
         evaluate.analyse_model(model, images, labels, preprocess=pre, **fast(rhos=(0.0, 0.5)))
+
+
+def test_a_randomized_flax_model_gets_autoattacks_rand_version(fashion, tmp_path):
+    """`external.Randomized((module, variables), rng="noise")`: the module draws input noise from
+    its "noise" rng; AutoAttack's rand version runs APGD-CE and APGD-DLR with EOT on it, and
+    the other analyses see one fixed draw (same logits twice, so the model checks pass)."""
+    images, labels = fashion
+
+    class NoisyNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = x + 0.05 * jax.random.normal(self.make_rng("noise"), x.shape)
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    module = NoisyNet()
+    variables = module.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, jnp.zeros((1, 28, 28, 1)))
+    model = external.Randomized((module, variables), rng="noise")
+    apply_fn, _ = external.apply_fn_of(model)
+    x = jnp.asarray(images[:4], jnp.float32) / 255
+    np.testing.assert_array_equal(apply_fn(variables, x), apply_fn(variables, x))  # one fixed draw
+    assert not np.allclose(apply_fn(variables, x, jax.random.key(5)), apply_fn(variables, x, jax.random.key(6)))
+    result = evaluate.analyse_model(model, images, labels, tmp_path / "out", evaluation=dict(batch_size=20, rhos=(0.0,)),
+                                    robustness=dict(enabled=False), frequency=dict(enabled=False),
+                                    spectra=dict(enabled=False),
+                                    autoattack=dict(enabled=True, version="rand", eps=0.03, apgd_steps=5, eot_draws=3))
+    (row,) = result["autoattack"]
+    assert [s["attack"] for s in row.per_attack] == ["apgd-ce", "apgd-dlr"] and row.robust <= row.clean
+    saved = json.loads((tmp_path / "out" / "autoattack.json").read_text())
+    assert saved["version"] == "rand" and saved["robust_accuracy"] == row.robust
+    assert json.loads((tmp_path / "out" / "checks.json").read_text())["warnings"] == []
+    with pytest.raises(ValueError, match="Randomized takes a logits_fn"):
+        external.apply_fn_of(external.Randomized(42))

@@ -14,15 +14,16 @@ classes from the logits' shape). Traced values (inside jit/vmap) are not checked
 """
 
 from hfcjax.attacks.apgd import ApgdState, apgd, apgd_checkpoints, apgd_run, apgd_targeted
-from hfcjax.attacks.core import (BANDS, LOSSES, NORMS, TARGETED_LOSSES, AttackResult, LogitsFn, attack_loss,
-                                 band_leak, band_projector, check_inputs, dlr_loss, dlr_targeted_loss,
-                                 input_gradient, keep_first_success, margin, per_example_loss)
+from hfcjax.attacks.core import (BANDS, LOSSES, NORMS, TARGETED_LOSSES, AttackResult, Eot, LogitsFn, RandomizedApply,
+                                 attack_loss, band_leak, band_projector, check_inputs, dlr_loss, dlr_targeted_loss,
+                                 eot_value_and_grad, input_gradient, keep_first_success, margin, per_example_loss)
 from hfcjax.attacks.deepfool import DeepFoolResult, deepfool
 from hfcjax.attacks.fab import fab, fab_targeted, project_hyperplane
 from hfcjax.attacks.pgd import fgsm, pgd, restarts
 from hfcjax.attacks.square import square
 
-__all__ = ["ApgdState", "AttackResult", "BANDS", "DeepFoolResult", "LOSSES", "NORMS", "TARGETED_LOSSES", "LogitsFn",
+__all__ = ["ApgdState", "AttackResult", "BANDS", "DeepFoolResult", "Eot", "LOSSES", "NORMS", "RandomizedApply",
+           "TARGETED_LOSSES", "LogitsFn",
            "apgd", "apgd_checkpoints", "apgd_run", "apgd_targeted", "attack_loss", "band_leak", "band_projector",
-           "check_inputs", "deepfool", "dlr_loss", "dlr_targeted_loss", "fab", "fab_targeted", "fgsm", "input_gradient",
+           "check_inputs", "deepfool", "eot_value_and_grad", "dlr_loss", "dlr_targeted_loss", "fab", "fab_targeted", "fgsm", "input_gradient",
            "keep_first_success", "margin", "per_example_loss", "pgd", "project_hyperplane", "restarts", "square"]

@@ -5,7 +5,7 @@ target classes. The loop state is a NamedTuple (`ApgdState`)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -47,16 +47,14 @@ class ApgdState(NamedTuple):
     fooled: jnp.ndarray
 
 
-def apgd(logits_fn: core.LogitsFn, images, labels, eps, *, steps: int = 100, loss: str = "ce", norm: str = "linf",
-         targets=None, key=None, momentum: float = 0.75, rho: float = 0.75, unroll: int | bool | None = None):
+def apgd(logits_fn: core.LogitsFn, images, labels, eps, **kw):
     """The adversarial images of `apgd_run` (first misclassified iterate, else highest loss)."""
-    return apgd_run(logits_fn, images, labels, eps, steps=steps, loss=loss, norm=norm, targets=targets, key=key,
-                    momentum=momentum, rho=rho, unroll=unroll).adv
+    return apgd_run(logits_fn, images, labels, eps, **kw).adv
 
 
 def apgd_run(logits_fn: core.LogitsFn, images, labels, eps, *, steps: int = 100, loss: str = "ce",
              norm: str = "linf", targets=None, key=None, momentum: float = 0.75, rho: float = 0.75,
-             unroll: int | bool | None = None) -> core.AttackResult:
+             unroll: int | bool | None = None, eot: Optional[core.Eot] = None) -> core.AttackResult:
     """Auto-PGD (Croce & Hein 2020) in `norm` (linf: sign steps, l2: normalised gradient
     steps): PGD with momentum whose step size starts at 2 eps and is halved at the
     checkpoints (`apgd_checkpoints`) where fewer than `rho` of the steps since the last one
@@ -64,18 +62,24 @@ def apgd_run(logits_fn: core.LogitsFn, images, labels, eps, *, steps: int = 100,
     restarts from the best point. `loss`: ce, dlr, or ce_targeted / dlr_targeted with
     `targets` (class per image). Returns `core.AttackResult`: per example the first iterate
     that misclassifies the true label (AutoAttack's rule), else the point of highest loss,
-    and whether one did. With `key`, starts at random in the eps-ball."""
-    core.check_inputs(logits_fn, images, labels, eps)
-    _check(logits_fn, images, loss, norm, steps, targets)
+    and whether one did. With `key`, starts at random in the eps-ball. With `eot`
+    (`core.Eot`), `logits_fn` is a randomized model's ``(images, key)`` and every gradient the
+    mean over `eot.draws` passes (AutoAttack's rand version)."""
+    one_draw = logits_fn if eot is None else (lambda z: logits_fn(z, eot.key))  # shapes and checks
+    core.check_inputs(one_draw, images, labels, eps)
+    _check(one_draw, images, loss, norm, steps, targets, eot)
     unroll = backend.attack_unroll(steps) if unroll is None else unroll
 
-    def evaluate(z):
-        def total(q):
-            logits = logits_fn(q)
+    def evaluate(z, step):
+        def total(q, draw=None):
+            logits = logits_fn(q) if eot is None else logits_fn(q, draw)
             losses = core.attack_loss(loss, logits, labels, targets)
             return jnp.sum(losses), (losses, jnp.argmax(logits, -1) != labels)
 
-        (_, (losses, wrong)), grad = jax.value_and_grad(total, has_aux=True)(z)
+        if eot is None:
+            (_, (losses, wrong)), grad = jax.value_and_grad(total, has_aux=True)(z)
+        else:
+            (losses, wrong), grad = core.eot_value_and_grad(total, z, eot, step)
         return losses, grad, wrong
 
     geometry = _Geometry(images, eps, norm)
@@ -87,19 +91,25 @@ def apgd_run(logits_fn: core.LogitsFn, images, labels, eps, *, steps: int = 100,
 
 
 def apgd_targeted(logits_fn: core.LogitsFn, images, labels, eps, *, targets: int = 9, steps: int = 100,
-                  loss: str = "dlr_targeted", norm: str = "linf", key=None, **kw) -> core.AttackResult:
+                  loss: str = "dlr_targeted", norm: str = "linf", key=None, eot: Optional[core.Eot] = None,
+                  **kw) -> core.AttackResult:
     """APGD-T (AutoAttack): `apgd_run` towards each of the `targets` classes the clean logits
     rank highest after the first (2nd, 3rd, ...; at most classes - 1), one after another;
-    per example the first success is kept. A run is skipped once every image is broken."""
-    classes = core.num_classes(logits_fn, images)
+    per example the first success is kept. A run is skipped once every image is broken.
+    With `eot`, the ranking is one draw of the randomized model, each run its own keys."""
+    one_draw = logits_fn if eot is None else (lambda z: logits_fn(z, eot.key))
+    classes = core.num_classes(one_draw, images)
     if loss == "dlr_targeted" and classes < 4:
         raise UserError(f"targeted DLR needs at least 4 classes, the model has {classes}; use loss='ce_targeted'.")
-    return core.over_targets(logits_fn, images, targets, lambda target, rank: apgd_run(
-        logits_fn, images, labels, eps, steps=steps, loss=loss, norm=norm, targets=target,
-        key=None if key is None else jax.random.fold_in(key, rank), **kw))
+    fold = lambda k, rank: None if k is None else jax.random.fold_in(k, rank)
+    return core.over_targets(one_draw, images, targets, lambda target, rank: apgd_run(
+        logits_fn, images, labels, eps, steps=steps, loss=loss, norm=norm, targets=target, key=fold(key, rank),
+        eot=None if eot is None else eot._replace(key=fold(eot.key, rank)), **kw))
 
 
-def _check(logits_fn, images, loss: str, norm: str, steps: int, targets) -> None:
+def _check(logits_fn, images, loss: str, norm: str, steps: int, targets, eot=None) -> None:
+    if eot is not None and eot.draws < 1:
+        raise UserError(f"EOT needs draws >= 1, got {eot.draws!r}.")
     if loss not in core.LOSSES + core.TARGETED_LOSSES:
         raise UserError(f"unknown APGD loss {loss!r}; choose one of {core.LOSSES + core.TARGETED_LOSSES}.")
     if norm not in core.NORMS:
@@ -149,9 +159,9 @@ def _apgd_start(evaluate, geometry: _Geometry, x0) -> ApgdState:
     """The state after APGD's first step (of size 2 eps) from `x0`."""
     images = geometry.images
     eta0 = jnp.full(images.shape[0], 2.0, images.dtype) * geometry.eps
-    loss0, grad0, wrong0 = evaluate(x0)
+    loss0, grad0, wrong0 = evaluate(x0, 0)
     x1 = geometry.project(x0 + _per_example(eta0, images.ndim) * geometry.direction(grad0))
-    loss1, grad1, wrong1 = evaluate(x1)
+    loss1, grad1, wrong1 = evaluate(x1, 1)
     better = _per_example(loss1 > loss0, images.ndim)
     best = jnp.maximum(loss0, loss1)
     adv = jnp.where(_per_example(wrong0, images.ndim), x0, x1)
@@ -175,7 +185,7 @@ def _apgd_step(evaluate, geometry: _Geometry, steps: int, momentum: float, rho: 
         z = geometry.project(s.x + each(s.eta) * geometry.direction(s.grad))
         alpha = jnp.where(k == 1, 1.0, momentum)
         x_new = geometry.project(s.x + alpha * (z - s.x) + (1 - alpha) * (s.x - s.x_prev))
-        loss_new, grad_new, wrong = evaluate(x_new)
+        loss_new, grad_new, wrong = evaluate(x_new, k + 1)
         improved = loss_new > s.best_loss
         best_x = jnp.where(each(improved), x_new, s.best_x)
         best_grad = jnp.where(each(improved), grad_new, s.best_grad)

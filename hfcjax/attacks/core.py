@@ -96,6 +96,45 @@ def over_targets(logits_fn: LogitsFn, images, count: int, run: Callable) -> Atta
     return jax.lax.fori_loop(2, min(count, classes - 1) + 2, body, none)
 
 
+class Eot(NamedTuple):
+    """Expectation over transformation (Athalye et al. 2018) for a randomized model, as
+    AutoAttack's APGD has it (`eot_iter`; its rand version: 20): the logits function takes
+    ``(images, key)``; each gradient is the mean over `draws` passes with fresh keys drawn
+    from `key` and the step, and the loss and the misclassification check are the last
+    pass's."""
+
+    draws: int
+    key: jax.Array
+
+
+def eot_value_and_grad(total: Callable, z, eot: Eot, step):
+    """``(aux, gradient)`` of ``total(z, key) -> (sum, aux)``: `aux` of the last of
+    `eot.draws` passes, the gradient their mean; the keys: `eot.key` folded with `step`, split
+    per pass. One pass at a time (a scan): memory as one pass's."""
+    grad_of = jax.value_and_grad(total, has_aux=True)
+
+    def one(grad_sum, key):
+        (_, aux), grad = grad_of(z, key)
+        return grad_sum + grad, aux
+
+    keys = jax.random.split(jax.random.fold_in(eot.key, step), eot.draws)
+    grad_sum, auxes = jax.lax.scan(one, jnp.zeros_like(z), keys)
+    return jax.tree.map(lambda a: a[-1], auxes), grad_sum / eot.draws
+
+
+class RandomizedApply:
+    """A randomized model (a random defence): ``(variables, images, key=None) -> logits``,
+    its randomness drawn from `key`. Without a key, one fixed draw (key 0): every analysis
+    but AutoAttack's EOT sees one deterministic model. `apply(variables, images, key)` is
+    the model's own function."""
+
+    def __init__(self, apply: Callable):
+        self.apply = apply
+
+    def __call__(self, variables, images, key=None):
+        return self.apply(variables, images, jax.random.key(0) if key is None else key)
+
+
 NORMS = ("linf", "l2")
 BANDS = ("low", "high")
 

@@ -4,8 +4,12 @@ A cascade: each attack runs only on the images every earlier attack left correct
 classified, and an image counts as broken when an attack finds a point within `eps` that
 the model misclassifies (checked again on the returned point, as AutoAttack does).
 ``version``: standard = APGD-CE, APGD-T (9 target classes), FAB-T (9 target classes), Square
-(5,000 queries), each with one run, as AutoAttack's standard version, in L-inf or L2; custom =
-the ``attacks`` given, in that order, with AutoAttack's names.
+(5,000 queries), each with one run, as AutoAttack's standard version, in L-inf or L2; rand =
+APGD-CE and APGD-DLR with every gradient averaged over ``eot_draws`` (20) passes of a
+randomized model (`attacks.RandomizedApply`, e.g. `external.Randomized`), the final check on
+a fresh draw, as AutoAttack's rand version; custom = the ``attacks`` given, in that order,
+with AutoAttack's names (APGD's with EOT on a randomized model). Clean accuracy, and every
+attack of the standard version, see one fixed draw of a randomized model.
 Per model variant: clean accuracy, the robust accuracy after each attack with its time, and
 the final robust accuracy.
 
@@ -32,7 +36,7 @@ from hfcjax.errors import UserError
 
 ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")  # AutoAttack's names
 SQUARE_P_INIT = 0.8  # AutoAttack's Square: windows over 80% of the pixels at first, its schedule not rescaled
-VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "custom": ()}
+VERSIONS = {"standard": ("apgd-ce", "apgd-t", "fab-t", "square"), "rand": ("apgd-ce", "apgd-dlr"), "custom": ()}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -40,12 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.enabled = False
     c.norm = "linf"  # linf | l2
     c.eps = 8 / 255  # the threat model's radius, pixels in [0, 1] (RobustBench: 8/255 L-inf, 0.5 L2)
-    c.version = "standard"  # standard | custom (then `attacks` says which, in order)
+    c.version = "standard"  # standard | rand (randomized models: EOT) | custom (then `attacks` says which, in order)
     c.attacks = ()  # with version=custom: names from ATTACKS, e.g. ('apgd-ce', 'square')
     c.apgd_steps = 100  # iterations of APGD-CE / APGD-DLR / APGD-T (each target)
     c.fab_steps = 100  # iterations of FAB / FAB-T (each target)
     c.targets = 9  # target classes of APGD-T and FAB-T (at most classes - 1)
     c.square_queries = 5000
+    c.eot_draws = 20  # passes per APGD gradient on a randomized model, versions rand and custom (AutoAttack: 20)
     return c
 
 
@@ -63,7 +68,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     unknown = [n for n in names if n not in ATTACKS]
     if unknown:
         raise UserError(f"attacks: {unknown} unknown; AutoAttack's names are {list(ATTACKS)}.")
-    for key in ("apgd_steps", "fab_steps", "targets", "square_queries"):
+    for key in ("apgd_steps", "fab_steps", "targets", "square_queries", "eot_draws"):
         common.check_int(c, key, 1)
 
 
@@ -94,6 +99,8 @@ class Evaluator(common.Evaluator):
     def __init__(self, apply_fn, cfg, shared=common.Shared()):
         super().__init__(apply_fn, cfg, shared)
         self.attacks = attack_list(cfg)
+        self.randomized = isinstance(apply_fn, attacks.RandomizedApply)
+        self.eot = self.randomized and cfg.version != "standard" and cfg.eot_draws > 1
         self._compiled: Dict[str, object] = {}
 
     def attack_fn(self, name: str):
@@ -104,10 +111,13 @@ class Evaluator(common.Evaluator):
 
         def run(variables, x, y, key):
             fn = lambda z: self.apply_fn(variables, z)
+            eot = dict(eot=attacks.Eot(c.eot_draws, jax.random.fold_in(key, 1))) if self.eot else {}
+            model = (lambda z, k: self.apply_fn(variables, z, k)) if self.eot else fn
             if name == "apgd-ce" or name == "apgd-dlr":
-                adv = attacks.apgd_run(fn, x, y, eps, steps=c.apgd_steps, loss=name[5:], norm=c.norm).adv
+                adv = attacks.apgd_run(model, x, y, eps, steps=c.apgd_steps, loss=name[5:], norm=c.norm, **eot).adv
             elif name == "apgd-t":
-                adv = attacks.apgd_targeted(fn, x, y, eps, targets=c.targets, steps=c.apgd_steps, norm=c.norm).adv
+                adv = attacks.apgd_targeted(model, x, y, eps, targets=c.targets, steps=c.apgd_steps, norm=c.norm,
+                                            **eot).adv
             elif name == "fab":
                 adv = attacks.fab(fn, x, y, eps, norm=c.norm, steps=c.fab_steps).adv
             elif name == "fab-t":
@@ -118,7 +128,8 @@ class Evaluator(common.Evaluator):
             delta = (adv - x).reshape(x.shape[0], -1)
             size = jnp.max(jnp.abs(delta), -1) if c.norm == "linf" else jnp.sqrt(jnp.sum(delta ** 2, -1))
             inside = (size <= eps * (1 + 1e-5)) & (jnp.min(adv) >= 0) & (jnp.max(adv) <= 1)
-            return inside & (jnp.argmax(fn(adv), -1) != y)  # AutoAttack's final check, on the returned point
+            final = model(adv, jax.random.fold_in(key, 2)) if self.eot else fn(adv)  # a fresh draw, as AutoAttack
+            return inside & (jnp.argmax(final, -1) != y)  # AutoAttack's final check, on the returned point
 
         self._compiled[name] = jax.jit(lambda v, x, y, key: run(v, measure.to_unit(x), y, key),
                                        compiler_options=backend.eval_compiler_options())
@@ -152,6 +163,9 @@ class Evaluator(common.Evaluator):
                    eps=float(self.cfg.eps), clean=clean, robust=float(robust.mean()), per_attack=steps)
 
     def run(self, inputs: common.Inputs) -> List[Row]:
+        if self.cfg.version == "rand" and not self.randomized:
+            self.log("  warning [autoattack]: version 'rand' on a deterministic model: its EOT repeats one pass; "
+                     "the standard version is the one to compare")
         progress = common.GridProgress(len(inputs.variants) * len(self.attacks), len(inputs.images), self.log,
                                        what="AutoAttack cascade")
         rows = []
