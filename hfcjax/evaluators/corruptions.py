@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hfcjax import backend, corruptions as definitions, data, hashing, measure, plots, reports
+from hfcjax import backend, corruptions as definitions, data, frequency, hashing, measure, plots, reports
 from hfcjax.evaluators import common
 from hfcjax.errors import UserError
 
@@ -92,9 +92,8 @@ def power_beyond(clean_u8: np.ndarray, corrupted_u8: np.ndarray) -> List[float]:
     """Fraction of the power of (corrupted - clean) at centred-spectrum distances > r, for
     r = 0 .. the largest integer distance (numpy, float64)."""
     delta = (corrupted_u8.astype(np.float64) - clean_u8.astype(np.float64)) / 255.0
-    power = (np.abs(np.fft.fftshift(np.fft.fft2(delta, axes=(1, 2)), axes=(1, 2))) ** 2).sum(axis=(0, 3))
-    h, w = power.shape
-    distance = np.hypot(*np.meshgrid(np.arange(h) - h // 2, np.arange(w) - w // 2, indexing="ij"))
+    power = (np.abs(np.fft.fft2(delta, axes=(1, 2))) ** 2).sum(axis=(0, 3))
+    distance = np.sqrt(frequency.squared_distance(*power.shape).astype(np.float64))  # fft2's own layout
     total = power.sum()
     return [float(power[distance > r].sum() / total) if total > 0 else 0.0 for r in range(int(distance.max()) + 1)]
 
