@@ -82,12 +82,18 @@ def one_step_params(config, tmp_path):
     return jax.device_get(state.params), trainer
 
 
+@pytest.fixture(scope="module")
+def base_step(tmp_path_factory, tiny_config):
+    """The parameters after one step of the tiny config, without any heuristic."""
+    return one_step_params(tiny_config(), tmp_path_factory.mktemp("base"))[0]
+
+
 @pytest.mark.parametrize("override", [
     {"mixup_alpha": 0.5}, {"dropout_rate": 0.5}, {"adversarial.enabled": True},
     {"train_component": "low"}, {"train_component": "high"}, {"optimizer": "sgd"},
 ])
-def test_each_heuristic_changes_the_step(tmp_path, override, tiny_config):
-    base, _ = one_step_params(tiny_config(), tmp_path / "a")
+def test_each_heuristic_changes_the_step(tmp_path, override, tiny_config, base_step):
+    base = base_step
     changed, _ = one_step_params(tiny_config(**override), tmp_path / "b")
     repeat, _ = one_step_params(tiny_config(**override), tmp_path / "c")
     diffs = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(changed))]
