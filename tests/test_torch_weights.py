@@ -142,7 +142,8 @@ def test_command_line_reads_a_torch_file(tmp_path, run_cli):
     base = ["--data", tmp_path / "data.npz", "--out", tmp_path / "report", "--config.evals.robustness.eps=(0.03,)",
             "--config.evals.robustness.pgd_steps=1", "--config.evals.robustness.strong_restarts=1",
             "--config.evals.robustness.square_queries=0", "--config.evaluation.batch_size=6",
-            "--config.evaluation.rhos=(0,)", "--config.evals.spectra.enabled=False"]
+            "--config.evaluation.rhos=(0,)", "--config.evals.spectra.enabled=False",
+            "--config.evals.frequency.enabled=False"]  # the report's other sections: the test above
     code, _, err = run_cli(evaluate.main, *base, "--torch_weights", tmp_path / "wrn.pt", "--arch", "wrn")
     assert code == 0, err[-2000:]
     assert json.loads((tmp_path / "report" / "robustness.json").read_text())["rows"][0]["clean"] == 1.0
