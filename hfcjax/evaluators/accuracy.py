@@ -81,9 +81,6 @@ class Evaluator(common.BatchEvaluator):
                 + [reports.field(kind, f"{label} r={r:g}", f"{kind}_r{r:g}", index=i)
                    for kind, label in (("low", "LFC"), ("high", "HFC")) for i, r in enumerate(radii)])
 
-    def markdown(self, rows: List[Row]) -> str:
-        return reports.render_markdown(rows, self.columns(rows))
-
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         value = {"num_examples": len(inputs.images), "rows": [common.to_json(r) for r in rows]}
         reports.write_table(Path(out_dir), self.name, rows, self.columns(rows), value)

@@ -182,9 +182,6 @@ class Evaluator(common.Evaluator):
                 + [reports.Column(f"after {a}", f"after_{a}", after(i)) for i, a in enumerate(names)]
                 + [reports.field("robust", f"AutoAttack {self.cfg.norm} {self.cfg.eps:.4g}")])
 
-    def markdown(self, rows: List[Row]) -> str:
-        return reports.render_markdown(rows, self.columns(rows))
-
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         first = rows[0]
         value = {"num_examples": len(inputs.images), "norm": self.cfg.norm, "eps": float(self.cfg.eps),

@@ -88,9 +88,6 @@ class Evaluator(common.BatchEvaluator):
                 + common.per_eps_columns("leak_low", eps, None, f"leak_low_r{r}")
                 + common.per_eps_columns("leak_high", eps, None, f"leak_high_r{r}"))
 
-    def markdown(self, rows: List[Row]) -> str:
-        return reports.render_markdown(rows, self.columns(rows))
-
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         value = {"num_examples": len(inputs.images), "settings": self.cfg.to_dict(),
                  "rows": [common.to_json(r) for r in rows]}

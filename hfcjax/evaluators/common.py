@@ -79,6 +79,8 @@ class Evaluator:
 
     name: ClassVar[str] = ""
     stage: ClassVar[int] = 1
+    caption: ClassVar[str] = ""  # a row evaluator's line above its table
+    figure_note: ClassVar[str] = ""  # what its figure (NAME.png) shows, named below the table
 
     def __init__(self, apply_fn: ApplyFn, cfg: ml_collections.ConfigDict, shared: Shared = Shared()):
         self.apply_fn, self.cfg, self.shared, self.log = apply_fn, cfg, shared, shared.log
@@ -87,8 +89,11 @@ class Evaluator:
         raise NotImplementedError
 
     def markdown(self, result: Any) -> str:
-        """The result as Markdown (a table, or a line naming the figure)."""
-        raise NotImplementedError
+        """The result as Markdown: for rows, the table of the evaluator's `columns(rows)`, with
+        `caption` above and the figure named below; other results override this."""
+        parts = [f"{self.caption}:" if self.caption else "", reports.render_markdown(result, self.columns(result)),
+                 f"{self.figure_note}: {self.name}.png" if self.figure_note else ""]
+        return "\n\n".join(part for part in parts if part)
 
     def write(self, result: Any, out_dir, inputs: Inputs) -> None:
         """Writes this evaluator's files (named after it) into `out_dir`."""
@@ -298,13 +303,6 @@ def row_scalars(row: Any, split: str, name: str, keys: Sequence[str], eps: Seque
         elif value is not None:
             out[measure.evaluator_metric(split, name, key)] = float(value)
     return out
-
-
-def mean_spectrum(sums: np.ndarray, counts: np.ndarray):
-    """Mean spectrum per eps (or one), None where no perturbation succeeded."""
-    if sums.ndim == 1:
-        return (sums / counts).tolist() if counts > 0 else None
-    return [(s / c).tolist() if c > 0 else None for s, c in zip(sums, counts)]
 
 
 def per_eps_columns(key: str, eps: Sequence[float], markdown: Optional[str], csv_name: str) -> List[reports.Column]:

@@ -118,6 +118,8 @@ def read_baseline(path: str, names: Sequence[str], severities: Sequence[int]) ->
 class Evaluator(common.Evaluator):
     name = "corruptions"
     stage = 2
+    caption = "Error per corruption (mean over severities; mCE against the baseline when one is given)"
+    figure_note = "Per severity and spectra"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)  # one compiled prediction for every run of this evaluator
@@ -196,10 +198,6 @@ class Evaluator(common.Evaluator):
                                             reports.field("mce", "mCE"), reports.field("relative_mce", "rel. mCE")]
                 + [reports.field("error", name.replace("_", " "), f"error_{name}", index=i)
                    for i, name in enumerate(names)])
-
-    def markdown(self, rows: List[Row]) -> str:
-        return ("Error per corruption (mean over severities; mCE against the baseline when one is given):\n\n"
-                + reports.render_markdown(rows, self.columns(rows)) + "\n\nPer severity and spectra: corruptions.png")
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         common.write_rows(self, rows, out_dir, inputs, figure)

@@ -94,6 +94,8 @@ class Row:
 
 class Evaluator(common.BatchEvaluator):
     name = "features"
+    caption = "Relative log amplitude at pi of each feature map (Park & Kim 2022; by depth)"
+    figure_note = "Profiles by depth"
     Row = Row
 
     def args(self, inputs: common.Inputs):
@@ -133,10 +135,6 @@ class Evaluator(common.BatchEvaluator):
         shown = set(np.linspace(0, len(layers) - 1, min(len(layers), 8)).round().astype(int).tolist())
         return common.variant_columns() + [reports.field("high", name if i in shown else None, f"high_{name}", index=i)
                                            for i, name in enumerate(layers)]
-
-    def markdown(self, rows: List[Row]) -> str:
-        return ("Relative log amplitude at pi of each feature map (Park & Kim 2022; by depth):\n\n"
-                + reports.render_markdown(rows, self.columns(rows)) + "\n\nProfiles by depth: features.png")
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         common.write_rows(self, rows, out_dir, inputs, figure)

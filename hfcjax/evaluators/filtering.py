@@ -65,6 +65,7 @@ class Row:
 
 class Evaluator(common.BatchEvaluator):
     name = "filtering"
+    figure_note = "Curves and rings"
     Row = Row
 
     def args(self, inputs: common.Inputs):
@@ -111,9 +112,6 @@ class Evaluator(common.BatchEvaluator):
                 + [reports.field(kind, f"{label} r={r:.3g}" if i in (0, len(radii) // 2) else None,
                                  f"{kind}_r{r:.4g}", index=i)
                    for kind, label in (("low", "low-pass"), ("high", "high-pass")) for i, r in enumerate(radii)])
-
-    def markdown(self, rows: List[Row]) -> str:
-        return reports.render_markdown(rows, self.columns(rows)) + "\n\nCurves and rings: filtering.png"
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         common.write_rows(self, rows, out_dir, inputs, plots.filtering_curves)

@@ -75,6 +75,7 @@ class Row:
 
 class Evaluator(common.BatchEvaluator):
     name = "gradients"
+    figure_note = "Spectra"
     Row = Row
 
     def args(self, inputs: common.Inputs):
@@ -113,9 +114,6 @@ class Evaluator(common.BatchEvaluator):
                 + [reports.field(key, f"{label} beyond r={r:g}", f"{key}_r{r:g}", index=i)
                    for key, label in (("gradient_high", "gradient energy"), ("sign_high", "sign-pattern energy"))
                    for i, r in enumerate(radii)])
-
-    def markdown(self, rows: List[Row]) -> str:
-        return reports.render_markdown(rows, self.columns(rows)) + "\n\nSpectra: gradients.png"
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         common.write_rows(self, rows, out_dir, inputs, figure)

@@ -83,6 +83,8 @@ def summarise(margins: np.ndarray):
 class Evaluator(common.Evaluator):
     name = "margins"
     stage = 2
+    caption = "Median L2 margin per diagonal DCT block (low to high frequency), images the model gets right"
+    figure_note = "Margins per band"
 
     def margins_fn(self, starts: Sequence[int]):
         """Jitted (variables, uint8 images, labels) -> ([B, bands + 1] margins, [B] correct): the
@@ -141,10 +143,6 @@ class Evaluator(common.Evaluator):
                    for i, s in enumerate(starts)]
                 + [reports.field(key, None, f"{key}_dct{s}", index=i) for key in ("q25", "q75", "found")
                    for i, s in enumerate(starts)])
-
-    def markdown(self, rows: List[Row]) -> str:
-        return ("Median L2 margin per diagonal DCT block (low to high frequency), images the model gets right:\n\n"
-                + reports.render_markdown(rows, self.columns(rows)) + "\n\nMargins per band: margins.png")
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         common.write_rows(self, rows, out_dir, inputs, figure)

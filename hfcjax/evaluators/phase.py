@@ -92,6 +92,7 @@ class Row:
 
 class Evaluator(common.BatchEvaluator):
     name = "phase"
+    figure_note = "Examples and rates"
     Row = Row
 
     def args(self, inputs: common.Inputs):
@@ -128,9 +129,6 @@ class Evaluator(common.BatchEvaluator):
             reports.field("clean", "clean"), reports.field("pairs", "pairs", fmt=str),
             reports.field("follows_phase", "follows phase"), reports.field("follows_amplitude", "follows amplitude"),
             reports.field("phase_only", "phase-only acc"), reports.field("amplitude_only", "amplitude-only acc")]
-
-    def markdown(self, rows: List[Row]) -> str:
-        return reports.render_markdown(rows, self.columns(rows)) + "\n\nExamples and rates: phase.png"
 
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         common.write_rows(self, rows, out_dir, inputs)

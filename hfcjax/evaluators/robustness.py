@@ -134,9 +134,6 @@ class Evaluator(common.BatchEvaluator):
                 + [reports.field("worst_case", f"worst case {e:g}"), reports.field("roughness", "roughness")]
                 + common.per_eps_columns("worst_case_per_eps", eps, None, "worst_case"))
 
-    def markdown(self, rows: List[Row]) -> str:
-        return reports.render_markdown(rows, self.columns(rows))
-
     def write(self, rows: List[Row], out_dir, inputs: common.Inputs) -> None:
         out_dir = Path(out_dir)
         value = {"num_examples": len(inputs.images), "settings": self.cfg.to_dict(),

@@ -14,6 +14,7 @@ from typing import Dict, List
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from hfcjax import frequency, plots, reports
 from hfcjax.evaluators import common
@@ -58,7 +59,7 @@ class Evaluator(common.BatchEvaluator):
 
     def row(self, variant: common.ModelVariant, sums, n: int, seconds: float) -> Row:
         return Row(name=variant.name, rho=variant.rho, bn_reestimated=variant.bn_reestimated,
-                   spectra={k: common.mean_spectrum(s, c) for k, (s, c) in sums.items()})
+                   spectra={k: _mean_spectrum(s, c) for k, (s, c) in sums.items()})
 
     def markdown(self, rows: List[Row]) -> str:
         return f"Radial spectra of the successful perturbations of {', '.join(rows[0].spectra)}: spectra.png"
@@ -69,3 +70,10 @@ class Evaluator(common.BatchEvaluator):
                                                       "rows": [common.to_json(r) for r in rows]})
         plots.perturbation_spectra([common.to_json(r) for r in rows if not r.bn_reestimated],
                                    out_dir / "spectra.png")
+
+
+def _mean_spectrum(sums: np.ndarray, counts: np.ndarray):
+    """Mean spectrum per eps (or one), None where no perturbation succeeded."""
+    if sums.ndim == 1:
+        return (sums / counts).tolist() if counts > 0 else None
+    return [(s / c).tolist() if c > 0 else None for s, c in zip(sums, counts)]
