@@ -47,11 +47,14 @@ if "PYTEST_XDIST_WORKER" in os.environ and "HFCJAX_TEST_THREADS" not in os.envir
         os.environ["XLA_FLAGS"] = f"{_xla} --xla_cpu_multi_thread_eigen=false".strip()
 
 
-# The modules that take longest (measured on 2 cores, empty compilation cache), run first: with
-# one module per worker at a time (--dist loadfile), a long module started last leaves the other
-# worker idle at the end.
-LONGEST_FIRST = ("test_train", "test_multiprocess", "test_evaluate", "test_reproduce", "test_attacks",
-                 "test_integrity", "test_models", "test_torch_weights", "test_frequency", "test_evaluators")
+# The modules that take longest (worker seconds on CI's 2 cores, empty compilation cache), run
+# first, longest first: with one module per worker at a time (--dist loadfile), a long module
+# started last leaves the other worker idle at the end. pytest-xdist reorders modules by their
+# number of tests unless told not to (--no-loadscope-reorder in pyproject's addopts): with its
+# order, test_multiprocess (120 s) ran last and the workers finished 36 s apart.
+LONGEST_FIRST = ("test_train", "test_attacks", "test_evaluate", "test_multiprocess", "test_reproduce", "test_models",
+                 "test_torch_weights", "test_integrity", "test_evaluators", "test_autoattack_parity", "test_frequency",
+                 "test_external", "test_heatmap", "test_download", "test_square")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -146,9 +146,12 @@ class _Geometry:
         return jnp.sign(grad) if self.norm == "linf" else grad / jnp.maximum(core.l2_norm(grad), 1e-12)
 
     def random_start(self, key):
-        """Uniform in the L-inf ball; in L2 on the sphere of radius eps (AutoAttack's start)."""
+        """AutoAttack's start: L-inf, uniform noise in [-1, 1] scaled per image so that its
+        largest entry is eps; L2, on the sphere of radius eps; then clipped to [0, 1]."""
         if self.norm == "linf":
-            noise = jax.random.uniform(key, self.images.shape, self.images.dtype, -self.eps, self.eps)
+            noise = jax.random.uniform(key, self.images.shape, self.images.dtype, -1.0, 1.0)
+            largest = jnp.max(jnp.abs(noise).reshape(noise.shape[0], -1), -1)
+            noise = self.eps * noise / _per_example(jnp.maximum(largest, 1e-12), noise.ndim)
         else:
             noise = jax.random.normal(key, self.images.shape, self.images.dtype)
             noise = self.eps * noise / jnp.maximum(core.l2_norm(noise), 1e-12)

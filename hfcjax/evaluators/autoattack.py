@@ -113,11 +113,13 @@ class Evaluator(common.Evaluator):
             fn = lambda z: self.apply_fn(variables, z)
             eot = dict(eot=attacks.Eot(c.eot_draws, jax.random.fold_in(key, 1))) if self.eot else {}
             model = (lambda z, k: self.apply_fn(variables, z, k)) if self.eot else fn
+            start = jax.random.fold_in(key, 3)  # APGD starts at random in the ball, as AutoAttack's
             if name == "apgd-ce" or name == "apgd-dlr":
-                adv = attacks.apgd_run(model, x, y, eps, steps=c.apgd_steps, loss=name[5:], norm=c.norm, **eot).adv
+                adv = attacks.apgd_run(model, x, y, eps, steps=c.apgd_steps, loss=name[5:], norm=c.norm, key=start,
+                                       **eot).adv
             elif name == "apgd-t":
                 adv = attacks.apgd_targeted(model, x, y, eps, targets=c.targets, steps=c.apgd_steps, norm=c.norm,
-                                            **eot).adv
+                                            key=start, **eot).adv
             elif name == "fab":
                 adv = attacks.fab(fn, x, y, eps, norm=c.norm, steps=c.fab_steps).adv
             elif name == "fab-t":
