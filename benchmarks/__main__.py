@@ -42,6 +42,7 @@ def main():
     if "autoattack" in wanted:
         from benchmarks import bench_autoattack
 
+        rows += print_rows(bench_autoattack.attack_rows())
         rows += print_rows(bench_autoattack.run())
     if "evaluators" in wanted:
         from benchmarks import bench_evaluators

@@ -64,7 +64,7 @@ step profile_split 60 $PY -m benchmarks.profile_split --n $SPLIT_N --out "$OUT/p
 [ "$DRY" = 1 ] || step profile_step 70 $PY -m benchmarks.profile_step --dtype bfloat16 --batch 512 --steps 3 --out "$OUT/profile_step.md"
 [ "$DRY" = 1 ] || BENCH_TRAIN_DTYPE=bfloat16 step bench_split_train 130 $PY -m benchmarks --only split,train --out "$OUT/bench_split_train.md"
 # 3. AutoAttack vs torchattacks
-[ "$DRY" = 1 ] || step bench_autoattack 150 $PY -m benchmarks --only autoattack --out "$OUT/bench_autoattack.md"
+[ "$DRY" = 1 ] || step bench_autoattack 240 $PY -m benchmarks --only autoattack --out "$OUT/bench_autoattack.md"
 # 4. CIFAR-10 subset runs for Table 2 (the natural model's rows are in docs/results.md already)
 TRAIN="--config configs/cifar_resnet18.py --config.eval_batch_size=1000 --config.log_every_steps=1000 $TRAIN_SUB"
 step train_bn 75 $PY -m hfcjax.main $TRAIN --workdir $RUNS/natural_bn --config.batch_norm=True --config.num_epochs=$EPOCHS_BN
