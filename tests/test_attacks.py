@@ -366,7 +366,7 @@ def test_apgd_keeps_a_misclassified_iterate_and_reports_success(loss):
     np.testing.assert_array_equal(success, np.argmax(np.asarray(fn(result.adv)), -1) != np.asarray(y))
     assert not success[linf > eps * 1.001].any() and success.mean() > 0.3
     two = jax.jit(lambda key: attacks.restarts(attacks.apgd_run, 2)(fn, x, y, eps, steps=15, loss=loss, key=key)
-                  )(jax.random.key(0))  # compiled: eagerly, each run's ops compile one by one (9 s against 4)
+                  )(jax.random.key(0))  # compiled: eagerly, each run's ops compile one by one (9 s against 2.5)
     singles = [run(k).success for k in jax.random.split(jax.random.key(0), 2)]
     np.testing.assert_array_equal(two.success, np.asarray(singles[0]) | np.asarray(singles[1]))  # any run breaks it
     with pytest.raises(ValueError, match="loss 'dlr_targeted' needs targets"):

@@ -93,10 +93,9 @@ def base_step(tmp_path_factory, tiny_config):
     {"train_component": "low"}, {"train_component": "high"}, {"optimizer": "sgd"},
 ])
 def test_each_heuristic_changes_the_step(tmp_path, override, tiny_config, base_step):
-    base = base_step
     changed, _ = one_step_params(tiny_config(**override), tmp_path / "b")
     repeat, _ = one_step_params(tiny_config(**override), tmp_path / "c")
-    diffs = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(changed))]
+    diffs = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(base_step), jax.tree.leaves(changed))]
     assert max(diffs) > 1e-6, f"{override} did not change the update"
     for a, b in zip(jax.tree.leaves(changed), jax.tree.leaves(repeat)):
         np.testing.assert_array_equal(a, b)  # and it is deterministic
