@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import best_time, cifar_images, on_gpu
+from benchmarks.common import best_time, cifar_images, on_gpu, pass_times
 from hfcjax import attacks, measure, models
 
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 10
@@ -28,8 +28,7 @@ def run():
     variables = model.init(jax.random.key(0), x[:1])
     logits = lambda v, z: model.apply(v, z, train=False)
 
-    grad = jax.jit(lambda v, z, t: attacks.input_gradient(lambda q: logits(v, q), z, t))
-    t_grad = best_time(lambda: jax.block_until_ready(grad(variables, x, y)), reps=5)
+    _, t_grad = pass_times(logits, variables, x, y)
     rows = []
     best = None
     for unroll in ((1, 2, 5, 10, None) if gpu else (1, 5, None)):
@@ -121,9 +120,8 @@ def beyond_rows():
     bases = len(heatmap.basis_frequencies(32, 32)[0])
     heat = jax.jit(lambda v, z, t: heatmap.heatmap_counts(lambda q: model.apply(v, q), z, t, 2.0,
                                                           key=jax.random.key(0), basis_chunk=8))
-    forward = jax.jit(lambda v, z: jnp.argmax(model.apply(v, z), -1))
     t_heat = best_time(lambda: jax.block_until_ready(heat(variables, x, y)), reps=2)
-    t_fwd = best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=5)
+    t_fwd, _ = pass_times(model.apply, variables, x, y)
     rows.append((f"Fourier heat map, MNIST CNN, {bases} bases x {batch} images", bases * batch / t_heat,
                  "img-bases/s", t_heat / (bases * t_fwd), f"time / ({bases} forward passes) (goal <= 1.2)"))
     # APGD and L2 PGD on ResNet-18, as the PGD rows above.
@@ -134,8 +132,7 @@ def beyond_rows():
     y = jnp.asarray(np.arange(batch) % 10, jnp.int32)
     variables = model.init(jax.random.key(0), x[:1])
     logits = lambda v, z: model.apply(v, z, train=False)
-    grad = jax.jit(lambda v, z, t: attacks.input_gradient(lambda q: logits(v, q), z, t))
-    t_grad = best_time(lambda: jax.block_until_ready(grad(variables, x, y)), reps=5)
+    _, t_grad = pass_times(logits, variables, x, y)
     for loss in ("ce", "dlr"):
         apgd = jax.jit(lambda v, z, t, l=loss: attacks.apgd(lambda q: logits(v, q), z, t, EPS, steps=STEPS, loss=l))
         t = best_time(lambda: jax.block_until_ready(apgd(variables, x, y)), reps=2)

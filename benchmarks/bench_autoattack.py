@@ -72,7 +72,7 @@ def attack_rows(steps: Optional[int] = None):
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.common import best_time
+    from benchmarks.common import best_time, pass_times
     from hfcjax import attacks, models
 
     gpu = on_gpu()
@@ -85,10 +85,7 @@ def attack_rows(steps: Optional[int] = None):
     logits = lambda v, z: model.apply(v, z, train=False)
     y = jnp.argmax(logits(variables, x), -1)
     eps, targets = 1e-4, 9
-    grad = jax.jit(lambda v, z, t: attacks.input_gradient(lambda q: logits(v, q), z, t))
-    forward = jax.jit(lambda v, z: jnp.argmax(logits(v, z), -1))
-    t_grad = best_time(lambda: jax.block_until_ready(grad(variables, x, y)), reps=5)
-    t_fwd = best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=5)
+    t_fwd, t_grad = pass_times(logits, variables, x, y)
     runs = {
         f"APGD-T, {targets} targets x {steps} steps": (
             lambda v, z, t: attacks.apgd_targeted(lambda q: logits(v, q), z, t, eps, targets=targets, steps=steps).adv,

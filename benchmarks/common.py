@@ -22,6 +22,21 @@ def best_time(fn, reps: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
+def pass_times(logits, variables, x, y, reps: int = 5):
+    """(forward, forward+backward): best times of one jitted forward pass (the argmax of
+    ``logits(variables, x)``) and of one jitted input gradient of the cross-entropy at labels
+    `y`, the units every attack benchmark divides its time by."""
+    import jax.numpy as jnp
+
+    from hfcjax import attacks
+
+    forward = jax.jit(lambda v, z: jnp.argmax(logits(v, z), -1))
+    grad = jax.jit(lambda v, z, t: attacks.input_gradient(lambda q: logits(v, q), z, t))
+    t_fwd = best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=reps)
+    t_grad = best_time(lambda: jax.block_until_ready(grad(variables, x, y)), reps=reps)
+    return t_fwd, t_grad
+
+
 def machine() -> str:
     device = jax.devices()[0]
     cpu = platform.processor() or "cpu"
