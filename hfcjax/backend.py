@@ -6,6 +6,7 @@ here and nowhere else. The measurements behind each choice are in docs/benchmark
 this module states only what is chosen and why.
 
 Importing this module imports no JAX: `use_huge_pages` must run before anything heavy.
+One choice changes JAX itself, process-wide, and says so: `canonical_conv_gradients`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,54 @@ def heatmap_group(num_bases: int) -> int:
     64 (the scan inside is unrolled, so a group bounds the program's size and memory, and
     every group reuses one compilation); on accelerators all bases in one call."""
     return 64 if is_cpu() else num_bases
+
+
+_CONV_RULE = {"ours": False}
+
+
+def canonical_conv_gradients(enabled: bool = True) -> bool:
+    """Choice 8 (installed when `hfcjax.attacks` is imported): on a CPU, the gradient of a
+    convolution with respect to its input as a convolution XLA:CPU runs in its fast kernels.
+
+    JAX transposes ``conv_general_dilated`` into a convolution that reads the kernel with its two
+    feature axes swapped (HWIO read as HWOI). XLA:CPU rewrites such a convolution into its
+    canonical form only in a program's entry computation (its ConvCanonicalization pass visits
+    nothing else), so inside a rolled loop or a `cond` branch (PGD's steps, APGD-T's targets,
+    AutoAttack's skip of a finished batch) the backward convolutions ran through a naive loop
+    nest, at 2-3.5x the time of the same pass outside. The rule installed here hands JAX's own
+    rule a kernel whose feature axes are physically swapped first (one small transpose), so the
+    convolution it builds is canonical wherever it sits. The same numbers (tests: against
+    forward-mode differentiation); grouped convolutions and accelerators keep JAX's rule.
+    Process-wide and idempotent; ``enabled=False`` puts JAX's own rule back. Returns whether
+    hfcjax's rule is in force (False also when this JAX lacks the private names used here)."""
+    try:
+        from jax._src.interpreters import ad
+        from jax._src.lax import convolution as conv
+
+        jax_lhs_rule, rhs_rule = conv._conv_general_dilated_transpose_lhs, conv._conv_general_dilated_transpose_rhs
+    except (ImportError, AttributeError):
+        return False
+    if _CONV_RULE["ours"] != enabled:
+        ad.defbilinear(conv.conv_general_dilated_p, _canonical_lhs_rule(jax_lhs_rule, conv) if enabled
+                       else jax_lhs_rule, rhs_rule)
+        _CONV_RULE["ours"] = enabled
+    return enabled
+
+
+def _canonical_lhs_rule(jax_lhs_rule, conv):
+    from jax import lax
+
+    def lhs_rule(g, lhs, rhs, *, dimension_numbers, feature_group_count, batch_group_count, **kw):
+        if feature_group_count == 1 and batch_group_count == 1 and is_cpu():
+            lhs_spec, rhs_spec, out_spec = dimension_numbers
+            perm = list(range(rhs.ndim))
+            perm[rhs_spec[0]], perm[rhs_spec[1]] = rhs_spec[1], rhs_spec[0]
+            rhs = lax.transpose(rhs, perm)  # JAX's rule swaps the spec back: a canonical kernel
+            dimension_numbers = conv.ConvDimensionNumbers(lhs_spec, conv._conv_spec_transpose(rhs_spec), out_spec)
+        return jax_lhs_rule(g, lhs, rhs, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                            batch_group_count=batch_group_count, **kw)
+
+    return lhs_rule
 
 
 def use_huge_pages() -> None:

@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hfcjax import frequency
+from hfcjax import backend, frequency
 from hfcjax.errors import UserError
+
+backend.canonical_conv_gradients()  # every attack differentiates a model: its convolutions' fast path on a CPU
 
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
 
