@@ -23,6 +23,8 @@ HUGE_PAGE_MALLOC = "glibc.malloc.hugetlb=1"
 # Accelerators run one pass over the whole batch.
 CPU_SPLIT_BLOCK_BYTES = 4 << 20
 
+_CONV_RULE = {"ours": False}  # whether `canonical_conv_gradients` installed hfcjax's rule
+
 
 def is_cpu() -> bool:
     import jax
@@ -38,12 +40,12 @@ def split_block_bytes() -> int:
 def pgd_unroll():
     """Choice 2 (attacks.pgd): how far to unroll PGD's step loop when the caller does not say.
 
-    Every step on a CPU: inside a rolled loop XLA:CPU keeps part of the backward convolutions
-    out of its fused kernels, which made PGD take 2-3x the time of its forward+backward
-    passes. One on accelerators, where rolled and unrolled loops ran alike and rolling
-    compiles faster.
+    One (a rolled loop) wherever `canonical_conv_gradients` is in force or off a CPU: PGD-20
+    then runs at 0.91-0.99x its forward+backward passes on a CPU, as fast as unrolled, and
+    compiles 2-3x faster. Every step on a CPU without it: there a rolled loop ran the backward
+    convolutions through XLA:CPU's naive loop nest, 3.1-3.3x the passes' time.
     """
-    return True if is_cpu() else 1
+    return True if is_cpu() and not _CONV_RULE["ours"] else 1
 
 
 UNROLL_LIMIT = 20  # steps: beyond, a fully unrolled loop's compile time outgrows what it saves
@@ -51,9 +53,10 @@ UNROLL_LIMIT = 20  # steps: beyond, a fully unrolled loop's compile time outgrow
 
 def attack_unroll(steps: int):
     """Choice 2b (the AutoAttack attacks: APGD's 100 steps per run, 9 targets each; DeepFool):
-    `pgd_unroll` up to UNROLL_LIMIT steps, a rolled loop beyond. DeepFool's 5 steps in a
-    rolled loop took 2.0x the time of their passes, unrolled 0.94x (MNIST CNN, 64 images). Unrolling 100 APGD steps on a CPU took 64 s
-    to compile for a 784-64-10 MLP where the rolled loop runs in about a second."""
+    `pgd_unroll`, and a rolled loop beyond UNROLL_LIMIT steps whatever it says (unrolling 100
+    APGD steps on a CPU took 64 s to compile for a 784-64-10 MLP where the rolled loop runs in
+    about a second). DeepFool rolled also stops as soon as every example crossed; unrolled it
+    runs every step."""
     return pgd_unroll() if steps <= UNROLL_LIMIT else 1
 
 
@@ -84,9 +87,6 @@ def heatmap_group(num_bases: int) -> int:
     64 (the scan inside is unrolled, so a group bounds the program's size and memory, and
     every group reuses one compilation); on accelerators all bases in one call."""
     return 64 if is_cpu() else num_bases
-
-
-_CONV_RULE = {"ours": False}
 
 
 def canonical_conv_gradients(enabled: bool = True) -> bool:

@@ -76,7 +76,7 @@ def deepfool(logits_fn: core.LogitsFn, images, labels, *, project: Optional[Call
         return i + 1, r + jnp.where(active.reshape((n,) + (1,) * (images.ndim - 1)), step, 0.0), active
 
     state = (jnp.int32(0), jnp.zeros_like(images), jnp.ones((n,), bool))
-    if backend.attack_unroll(steps) is True:  # a CPU: every step unrolled, no early end (a rolled step: 2x)
+    if backend.attack_unroll(steps) is True:  # unrolled (backend's choice): every step, no early end
         for _ in range(steps):
             state = body(state)
     else:

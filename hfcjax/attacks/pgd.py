@@ -35,7 +35,7 @@ def pgd(logits_fn: core.LogitsFn, images, labels, eps, *, step_size, steps: int,
 
     With `key` the start is uniform in the eps-ball (random start); restarts are the
     `restarts` wrapper around it. `unroll` is passed to `lax.fori_loop`; the default (None)
-    is `backend.pgd_unroll()` (every step on a CPU, none on accelerators).
+    is `backend.pgd_unroll()` (a rolled loop, unless a CPU lacks `backend.canonical_conv_gradients`).
     """
     core.check_inputs(logits_fn, images, labels, eps, step_size=step_size)
     if norm not in core.NORMS:

@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.enabled = False
     c.block = 8  # side of the diagonal DCT blocks (Ortiz-Jimenez et al.: 8 on CIFAR-10)
     c.stride = 4  # between the blocks' starts
-    c.steps = 10  # DeepFool linearisations per image and band at most (each unrolled on a CPU)
+    c.steps = 10  # DeepFool linearisations per image and band at most (the loop ends once every image crossed)
     c.overshoot = 0.02
     c.candidates = 4  # boundaries looked at: the classes the clean logits rank highest after the true one
     return c
