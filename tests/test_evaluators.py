@@ -404,6 +404,19 @@ def test_gradient_spectra_match_the_closed_form_gradient_of_a_linear_model(linea
     assert "sign-pattern energy beyond r=4" in (tmp_path / "gradients.md").read_text()
 
 
+def test_gradient_report_of_a_model_with_no_gradient_has_empty_cells(linear, tmp_path):
+    """A constant classifier (what a network whose ReLUs all died computes): no image has a
+    gradient, so no spectrum; the report says so with empty cells instead of failing."""
+    _, _, images, labels = linear
+    apply_fn = lambda variables, x: jnp.zeros((x.shape[0], 4)) + jnp.arange(4.0)
+    evaluator = evaluators.module("gradients").Evaluator(apply_fn, section("gradients", enabled=True), QUIET)
+    inputs = inputs_of(images, labels)
+    (row,) = evaluator.run(inputs)
+    assert row.images == 0 and row.gradient_spectrum is None and row.gradient_high is None
+    evaluator.write([row], tmp_path, inputs)
+    assert "| 0 |" in (tmp_path / "gradients.md").read_text() and (tmp_path / "gradients.png").exists()
+
+
 def test_subspace_margins_equal_the_closed_form_of_a_linear_model(linear, tmp_path):
     import scipy.fft
 

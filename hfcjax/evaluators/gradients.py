@@ -55,9 +55,10 @@ def unit_norm(v):
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """Means over the images with a non-zero gradient (`images`): the radial power spectrum
-    of the unit-norm gradient and its energy fraction beyond each of `radii`; the same for the
-    sign patterns of FGSM's successes (`fgsm_successes` images; None when there were none);
+    """Means over the images with a non-zero gradient (`images`; None when there were none, as
+    for a model whose output does not depend on its input): the radial power spectrum of the
+    unit-norm gradient and its energy fraction beyond each of `radii`; the same for the sign
+    patterns of FGSM's successes (`fgsm_successes` images; None when there were none);
     accuracy under FGSM at `eps`."""
 
     name: str
@@ -65,8 +66,8 @@ class Row:
     bn_reestimated: bool
     radii: List[float]
     images: int
-    gradient_spectrum: List[float]
-    gradient_high: List[float]
+    gradient_spectrum: Optional[List[float]]
+    gradient_high: Optional[List[float]]
     fgsm: float
     fgsm_successes: int
     sign_spectrum: Optional[List[float]]
@@ -101,8 +102,8 @@ class Evaluator(common.BatchEvaluator):
         images, successes = int(sums["images"]), int(sums["successes"])
         mean = lambda key, count: (sums[key] / count).tolist() if count else None
         return Row(name=variant.name, rho=variant.rho, bn_reestimated=variant.bn_reestimated, radii=self._radii,
-                   images=images, gradient_spectrum=mean("gradient_spectrum", images) or [],
-                   gradient_high=mean("gradient_high", images) or [], fgsm=float(sums["fgsm"] / n),
+                   images=images, gradient_spectrum=mean("gradient_spectrum", images),
+                   gradient_high=mean("gradient_high", images), fgsm=float(sums["fgsm"] / n),
                    fgsm_successes=successes, sign_spectrum=mean("sign_spectrum", successes),
                    sign_high=mean("sign_high", successes))
 
