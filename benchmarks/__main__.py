@@ -30,6 +30,7 @@ def main():
         from benchmarks import bench_attacks
 
         rows += print_rows(bench_attacks.run())
+        rows += print_rows(bench_attacks.rolled_rows())
     if "beyond" in wanted:
         from benchmarks import bench_attacks
 

@@ -66,8 +66,9 @@ def attack_rows(steps: Optional[int] = None):
     9 targets as AutoAttack's, `steps` per target (AutoAttack's 100 on a GPU; 10 on a CPU, where
     900 passes of even the MNIST CNN take 90 s per run). Random weights: the MNIST CNN on 64
     CIFAR-10 images on a CPU, ResNet-18 in bfloat16 on 128 on a GPU; labels = the model's own
-    clean predictions and an eps of 1e-4, so no image is broken and every target runs. APGD-T
-    and FAB-T: 9 x `steps` forward+backward passes (plus one forward to rank the targets);
+    clean predictions and an eps of 1e-4, so no image is broken and every target runs. APGD-T:
+    9 x `steps` forward+backward passes (plus one forward to rank the targets); FAB-T, as
+    AutoAttack's, also one forward per step (is the new point adversarial?);
     Square: 1,000 queries + 1 forward passes."""
     import jax
     import jax.numpy as jnp
@@ -92,7 +93,7 @@ def attack_rows(steps: Optional[int] = None):
             targets * steps * t_grad + t_fwd, f"{targets * steps} x fwd+bwd + 1 fwd"),
         f"FAB-T, {targets} targets x {steps} steps": (
             lambda v, z, t: attacks.fab_targeted(lambda q: logits(v, q), z, t, eps, targets=targets, steps=steps).adv,
-            targets * steps * t_grad + t_fwd, f"{targets * steps} x fwd+bwd + 1 fwd"),
+            targets * steps * (t_grad + t_fwd) + t_fwd, f"{targets * steps} x (fwd+bwd + fwd) + 1 fwd"),
         f"Square, {queries} queries": (
             lambda v, z, t: attacks.square(lambda q: logits(v, q), z, t, eps, key=jax.random.key(0), queries=queries,
                                            p_init=0.8, rescale_schedule=False),
