@@ -41,9 +41,9 @@ def pgd_unroll():
     """Choice 2 (attacks.pgd): how far to unroll PGD's step loop when the caller does not say.
 
     One (a rolled loop) wherever `canonical_conv_gradients` is in force or off a CPU: PGD-20
-    then runs at 0.91-0.99x its forward+backward passes on a CPU, as fast as unrolled, and
+    then runs at 0.72-1.01x its forward+backward passes on a CPU, as fast as unrolled, and
     compiles 2-3x faster. Every step on a CPU without it: there a rolled loop ran the backward
-    convolutions through XLA:CPU's naive loop nest, 3.1-3.3x the passes' time.
+    convolutions through XLA:CPU's naive loop nest, 2.2-2.7x the passes' time.
     """
     return True if is_cpu() and not _CONV_RULE["ours"] else 1
 
@@ -98,7 +98,7 @@ def canonical_conv_gradients(enabled: bool = True) -> bool:
     canonical form only in a program's entry computation (its ConvCanonicalization pass visits
     nothing else), so inside a rolled loop or a `cond` branch (PGD's steps, APGD-T's targets,
     AutoAttack's skip of a finished batch) the backward convolutions ran through a naive loop
-    nest, at 2-3.5x the time of the same pass outside. The rule installed here hands JAX's own
+    nest, at 2.2-2.7x the time of the same passes outside (PGD-20, docs/benchmarks.md). The rule installed here hands JAX's own
     rule a kernel whose feature axes are physically swapped first (one small transpose), so the
     convolution it builds is canonical wherever it sits. The same numbers (tests: against
     forward-mode differentiation); grouped convolutions and accelerators keep JAX's rule.
