@@ -35,7 +35,7 @@ def run():
         pgd = jax.jit(lambda v, z, t, u=unroll: attacks.pgd(lambda q: logits(v, q), z, t, EPS, step_size=STEP,
                                                              steps=STEPS, unroll=u))
         t = best_time(lambda: jax.block_until_ready(pgd(variables, x, y)), reps=3 if gpu else 2)
-        label = "default (CPU: all steps; else 1)" if unroll is None else unroll
+        label = "default (backend.pgd_unroll)" if unroll is None else unroll
         rows.append((f"PGD-10 batch {batch} {dtype}, fori_loop unroll={label}", batch / t, "img/s",
                      t / (STEPS * t_grad), "time / (10 x fwd+bwd) (goal <= 1.1)"))
         best = t if best is None else min(best, t)
