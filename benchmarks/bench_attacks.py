@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import best_time, cifar_images, on_gpu, pass_times
+from benchmarks.common import best_time, cifar_images, on_gpu, pass_times, random_model
 from hfcjax import attacks, measure, models
 
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 10
@@ -113,25 +113,20 @@ def beyond_rows():
     rows = []
     # Heat map: MNIST CNN on real 32x32x3 CIFAR images, every basis of the 32x32 grid.
     batch = 256 if gpu else 64
-    model = models.create_model("mnist_cnn", 10, batch_norm=False)
-    x = jnp.asarray(cifar_images(batch), jnp.float32) / 255
+    logits, variables, x = random_model("mnist_cnn", batch, batch_norm=False)
     y = jnp.asarray(np.arange(batch) % 10, jnp.int32)
-    variables = model.init(jax.random.key(0), x[:1])
     bases = len(heatmap.basis_frequencies(32, 32)[0])
-    heat = jax.jit(lambda v, z, t: heatmap.heatmap_counts(lambda q: model.apply(v, q), z, t, 2.0,
+    heat = jax.jit(lambda v, z, t: heatmap.heatmap_counts(lambda q: logits(v, q), z, t, 2.0,
                                                           key=jax.random.key(0), basis_chunk=8))
     t_heat = best_time(lambda: jax.block_until_ready(heat(variables, x, y)), reps=2)
-    t_fwd, _ = pass_times(model.apply, variables, x, y)
+    t_fwd, _ = pass_times(logits, variables, x, y)
     rows.append((f"Fourier heat map, MNIST CNN, {bases} bases x {batch} images", bases * batch / t_heat,
                  "img-bases/s", t_heat / (bases * t_fwd), f"time / ({bases} forward passes) (goal <= 1.2)"))
     # APGD and L2 PGD on ResNet-18, as the PGD rows above.
     batch = 512 if gpu else 32
     dtype = "bfloat16" if gpu else "float32"
-    model = models.create_model("resnet18", 10, batch_norm=True, dtype=dtype)
-    x = jnp.asarray(cifar_images(batch), jnp.float32) / 255
+    logits, variables, x = random_model("resnet18", batch, batch_norm=True, dtype=dtype)
     y = jnp.asarray(np.arange(batch) % 10, jnp.int32)
-    variables = model.init(jax.random.key(0), x[:1])
-    logits = lambda v, z: model.apply(v, z, train=False)
     _, t_grad = pass_times(logits, variables, x, y)
     for loss in ("ce", "dlr"):
         apgd = jax.jit(lambda v, z, t, l=loss: attacks.apgd(lambda q: logits(v, q), z, t, EPS, steps=STEPS, loss=l))
@@ -161,10 +156,7 @@ def rolled_rows():
     rows = []
     for arch, batch in (("mnist_cnn", 64), ("resnet18", 512 if gpu else 16)):
         dtype = "bfloat16" if gpu and arch == "resnet18" else "float32"
-        model = models.create_model(arch, 10, batch_norm=arch == "resnet18", dtype=dtype)
-        x = jnp.asarray(cifar_images(batch), jnp.float32) / 255
-        variables = model.init(jax.random.key(0), x[:1])
-        logits = lambda v, z: model.apply(v, z, train=False) if arch == "resnet18" else model.apply(v, z)
+        logits, variables, x = random_model(arch, batch, batch_norm=arch == "resnet18", dtype=dtype)
         y = jnp.argmax(logits(variables, x), -1)
         for ours in (True, False):
             backend.canonical_conv_gradients(ours)

@@ -73,17 +73,14 @@ def attack_rows(steps: Optional[int] = None):
     import jax
     import jax.numpy as jnp
 
-    from benchmarks.common import best_time, pass_times
-    from hfcjax import attacks, models
+    from benchmarks.common import best_time, pass_times, random_model
+    from hfcjax import attacks
 
     gpu = on_gpu()
     batch, queries = (128, 1000) if gpu else (64, 1000)
     steps = steps or (100 if gpu else 10)
     arch = "resnet18" if gpu else "mnist_cnn"
-    model = models.create_model(arch, 10, batch_norm=gpu, dtype="bfloat16" if gpu else "float32")
-    x = jnp.asarray(cifar_images(batch), jnp.float32) / 255
-    variables = model.init(jax.random.key(0), x[:1])
-    logits = lambda v, z: model.apply(v, z, train=False)
+    logits, variables, x = random_model(arch, batch, batch_norm=gpu, dtype="bfloat16" if gpu else "float32")
     y = jnp.argmax(logits(variables, x), -1)
     eps, targets = 1e-4, 9
     t_fwd, t_grad = pass_times(logits, variables, x, y)

@@ -87,7 +87,8 @@ def run():
     rows.append(_features_resnet(gpu))
     rows.extend(_corruptions(section, inputs, t_fwd, batch))
     mar = section("margins", steps=5)
-    bands = len(frequency.dct_bands(32, 32, mar.cfg.block, mar.cfg.stride)) + 1
+    starts = frequency.dct_bands(32, 32, mar.cfg.block, mar.cfg.stride)
+    bands = len(starts) + 1
     cot = jax.nn.one_hot(jnp.arange(mar.cfg.candidates)[:, None] % 10, 10) * jnp.ones((1, batch, 1))
 
     def linearise(v, z):
@@ -98,7 +99,7 @@ def run():
     t_lin = best_time(lambda: jax.block_until_ready(lin(variables, x)), reps=3)
     # One batch (slow), through the evaluator's compiled call: its run compiles that call once per
     # evaluation (every variant and batch), which on one batch would be a third of the time.
-    margins_fn = mar.margins_fn(frequency.dct_bands(32, 32, mar.cfg.block, mar.cfg.stride))
+    margins_fn = mar.margins_fn(starts)
     u8 = jnp.asarray(images[:batch])
     t = best_time(lambda: jax.block_until_ready(margins_fn(variables, u8, jnp.asarray(labels[:batch]))), reps=1)
     most = bands * mar.cfg.steps

@@ -22,6 +22,19 @@ def best_time(fn, reps: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
+def random_model(arch: str, batch: int, **options):
+    """(logits(variables, x), variables, x): model `arch` of hfcjax.models with random weights (key 0)
+    in inference mode, and `batch` real CIFAR-10 images as floats in [0, 1]."""
+    import jax.numpy as jnp
+
+    from hfcjax import models
+
+    model = models.create_model(arch, 10, **options)
+    x = jnp.asarray(cifar_images(batch), jnp.float32) / 255
+    variables = model.init(jax.random.key(0), x[:1])
+    return (lambda v, z: model.apply(v, z, train=False)), variables, x
+
+
 def pass_times(logits, variables, x, y, reps: int = 5):
     """(forward, forward+backward): best times of one jitted forward pass (the argmax of
     ``logits(variables, x)``) and of one jitted input gradient of the cross-entropy at labels
