@@ -1,4 +1,4 @@
-"""python -m benchmarks [--only split,attacks,beyond,train,processes,autoattack,evaluators] [--out docs/benchmarks_<cpu|gpu>.md]
+"""python -m benchmarks [--only split,attacks,beyond,train,processes,autoattack,evaluators,xla_cpu] [--out docs/benchmarks_<cpu|gpu>.md]
 
 Runs every benchmark, prints one table of measurements and ratios against baselines
 measured in the same run, and writes it (with the machine) to the output Markdown file.
@@ -53,6 +53,10 @@ def main():
         from benchmarks import bench_processes
 
         rows += print_rows(bench_processes.run(common.on_gpu()))
+    if "xla_cpu" in wanted:
+        from benchmarks import bench_xla_cpu
+
+        rows += print_rows(bench_xla_cpu.run())
     table = render(rows)
     print("\n" + table)
     out = Path(args.out or f"docs/benchmarks_{'gpu' if common.on_gpu() else 'cpu'}.md")

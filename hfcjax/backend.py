@@ -6,7 +6,8 @@ here and nowhere else. The measurements behind each choice are in docs/benchmark
 this module states only what is chosen and why.
 
 Importing this module imports no JAX: `use_huge_pages` must run before anything heavy.
-One choice changes JAX itself, process-wide, and says so: `canonical_conv_gradients`.
+Two choices change JAX itself, process-wide, and say so: `cpu_convolutions_threaded` (run
+when hfcjax is imported) and `canonical_conv_gradients`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,52 @@ from typing import Dict, Optional
 
 HUGE_PAGE_MALLOC = "glibc.malloc.hugetlb=1"
 
+# Choice 0 (`cpu_convolutions_threaded`): the XLA flag, and the jaxlib releases known to have it
+# (XLA aborts a process whose XLA_FLAGS name a flag it does not know).
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_NO_LONE_CONVOLUTIONS = f"{YNN_FLAG}=-INDIVIDUAL_CONVOLUTION"
+YNN_FLAG_JAXLIB = ((0, 10), (0, 11))
+
 # Choice 1 (frequency.split): on a CPU, large batches go through the split in blocks of about
 # this many bytes, which keeps x, low and high in cache; the transform is memory-bound there.
 # Accelerators run one pass over the whole batch.
 CPU_SPLIT_BLOCK_BYTES = 4 << 20
 
 _CONV_RULE = {"ours": False}  # whether `canonical_conv_gradients` installed hfcjax's rule
+
+
+def cpu_convolutions_threaded() -> bool:
+    """Choice 0 (run when `hfcjax` is imported): XLA:CPU runs a convolution whose result goes to
+    memory (every one of a training step's and an attack's backward pass, a captured feature
+    map) through its multi-threaded Eigen kernels, not as a lone YNNPACK fusion.
+
+    jaxlib 0.10 hands every such convolution to YNNPACK (fusion type INDIVIDUAL_CONVOLUTION),
+    which ran it on one thread: 2x-3.6x slower than Eigen on 2 cores (docs/benchmarks.md);
+    convolutions that YNNPACK fuses with what follows (a whole forward pass into its logits)
+    stay in YNNPACK, where they do run threaded. Adds ``YNN_NO_LONE_CONVOLUTIONS`` to
+    XLA_FLAGS, before JAX creates its CPU backend (later it would not apply, and nothing is
+    changed). Nothing happens when XLA_FLAGS already sets the YNN fusion types (the user's
+    choice wins), with HFCJAX_XLA_CPU_TUNING=0, or with a jaxlib not known to have the flag
+    (YNN_FLAG_JAXLIB). Accelerators ignore it. Returns whether the flag is (now) in XLA_FLAGS
+    by this function's doing or was already."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if YNN_NO_LONE_CONVOLUTIONS in flags.split():
+        return True
+    if YNN_FLAG in flags or os.environ.get("HFCJAX_XLA_CPU_TUNING", "1") == "0":
+        return False
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    if bridge is not None and getattr(bridge, "_backends", None):
+        return False  # JAX's backends exist: the flag would not reach them
+    try:
+        from importlib import metadata
+
+        release = tuple(int(p) for p in metadata.version("jaxlib").split(".")[:2])
+    except (ImportError, ValueError, metadata.PackageNotFoundError):
+        return False
+    if release not in YNN_FLAG_JAXLIB:
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_NO_LONE_CONVOLUTIONS}".strip()
+    return True
 
 
 def is_cpu() -> bool:

@@ -67,3 +67,48 @@ def test_gradients_in_a_rolled_loop_compile_to_canonical_convolutions():
     finally:
         assert backend.canonical_conv_gradients()
     assert "01oi" not in compiled_text()
+
+
+LONE_CONV = """
+import os, sys
+import hfcjax, jax, jax.numpy as jnp
+x, w = jnp.ones((8, 32, 32, 3)), jnp.ones((5, 5, 3, 32))  # YNNPACK takes no tiny convolution
+conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+print(os.environ.get("XLA_FLAGS", ""), "ynn_fusion" in jax.jit(conv).lower(x, w).compile().as_text())
+"""
+
+
+@pytest.mark.parametrize("env, applied", [({}, True), ({"HFCJAX_XLA_CPU_TUNING": "0"}, False)])
+def test_lone_convolutions_leave_ynnpack_when_hfcjax_is_imported(env, applied):
+    """Importing hfcjax (before JAX starts) moves a convolution whose result goes to memory out
+    of YNNPACK's one-thread fusion; opted out, jaxlib's default puts it there (which is what the
+    choice corrects: if a jaxlib stops doing so, this test says the flag is no longer needed)."""
+    import os
+    import subprocess
+    import sys
+
+    child = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "HFCJAX_XLA_CPU_TUNING")}
+    out = subprocess.run([sys.executable, "-c", LONE_CONV], env={**child, **env}, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert (backend.YNN_NO_LONE_CONVOLUTIONS in out) == applied
+    assert out[-1] == str(not applied)
+
+
+def test_convolution_flag_respects_the_user_and_late_calls(monkeypatch):
+    """XLA_FLAGS that already choose YNN fusion types are left alone; once JAX's backends exist
+    (as in this process) nothing is changed; a jaxlib release not known to have the flag gets none."""
+    from importlib import metadata
+
+    monkeypatch.setenv("XLA_FLAGS", f"{backend.YNN_FLAG}=")
+    assert not backend.cpu_convolutions_threaded()
+    assert backend.YNN_NO_LONE_CONVOLUTIONS not in __import__("os").environ["XLA_FLAGS"]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    jax.devices()
+    assert not backend.cpu_convolutions_threaded()  # too late in this process
+    monkeypatch.setattr("jax._src.xla_bridge._backends", {})
+    monkeypatch.setattr(metadata, "version", lambda name: "9.1.0")
+    assert not backend.cpu_convolutions_threaded()
+    monkeypatch.setattr(metadata, "version", lambda name: "0.10.7")
+    assert backend.cpu_convolutions_threaded()
+    assert __import__("os").environ["XLA_FLAGS"].split() == ["--xla_cpu_multi_thread_eigen=false",
+                                                             backend.YNN_NO_LONE_CONVOLUTIONS]
