@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from hfcjax import config as config_lib, evaluators, external, measure, smoothing, writers
 from hfcjax.evaluators import checks, common, frequency, variants
@@ -470,15 +471,22 @@ def test_feature_map_spectra_match_numpy_on_flaxs_own_intermediates(linear, tmp_
     evaluator = evaluators.module("features").Evaluator(apply_fn, section("features", enabled=True), QUIET)
     inputs = inputs_of(images, labels, variables=variables)
     (row,) = evaluator.run(inputs)
+    (rings,) = evaluators.module("features").Evaluator(apply_fn, section("features", enabled=True, profile="rings"),
+                                                       QUIET).run(inputs)
     _, state = model.apply(variables, images.astype(np.float32) / 255, capture_intermediates=True)
-    assert row.layers == ["stem", "down"] and row.shapes == [[12, 12, 4], [6, 6, 6]]
-    for layer, profile, high in zip(row.layers, row.profiles, row.high):
+    assert row.layers == rings.layers == ["stem", "down"] and row.shapes == [[12, 12, 4], [6, 6, 6]]
+    assert (row.profile, rings.profile) == ("diagonal", "rings")
+    for i, layer in enumerate(row.layers):
         maps = np.asarray(state["intermediates"][layer]["__call__"][0], np.float64)
-        log_amplitude = np.log(np.abs(np.fft.fft2(maps, axes=(1, 2))) + 1e-8).mean(-1)
-        rings = _ring_means(log_amplitude)
-        expected = (rings - rings[:, :1]).mean(0)
-        np.testing.assert_allclose(profile, expected, rtol=1e-3, atol=1e-3)
-        assert high == pytest.approx(expected[maps.shape[1] // 2], abs=1e-3)
+        log_amplitude = np.log(np.abs(np.fft.fft2(maps, axes=(1, 2))) + 1e-8).mean(-1)  # [N, H, W]
+        half = maps.shape[1] // 2
+        diagonal = log_amplitude[:, np.arange(half + 1), np.arange(half + 1)]  # Park & Kim: F(k, k), 0 .. pi
+        np.testing.assert_allclose(row.profiles[i], (diagonal - diagonal[:, :1]).mean(0), rtol=1e-3, atol=1e-3)
+        ring = _ring_means(log_amplitude)
+        expected = (ring - ring[:, :1]).mean(0)
+        np.testing.assert_allclose(rings.profiles[i], expected, rtol=1e-3, atol=1e-3)
+        assert row.high[i] == pytest.approx(row.profiles[i][half]) and rings.high[i] == pytest.approx(expected[half],
+                                                                                                      abs=1e-3)
     evaluator.write([row], tmp_path, inputs)
     assert (tmp_path / "features.png").stat().st_size > 10_000
     only = section("features", enabled=True, modules="^down$")
@@ -486,3 +494,22 @@ def test_feature_map_spectra_match_numpy_on_flaxs_own_intermediates(linear, tmp_
     with pytest.raises(ValueError, match="found no feature maps: the model is a plain function"):
         evaluators.module("features").Evaluator(linear[0], section("features", enabled=True), QUIET).run(
             inputs_of(images, labels))
+    with pytest.raises(ValueError, match="profile must be one of"):
+        evaluators.validate(ml_collections.ConfigDict({"features": section("features", profile="ring")}))
+
+
+@settings(max_examples=15, deadline=None)
+@given(height=st.integers(2, 13), width=st.integers(2, 13), seed=st.integers(0, 2**16))
+def test_diagonal_profile_equals_numpys_transform_at_the_diagonal_frequencies(height, width, seed):
+    """The diagonal profile (the skewed anti-diagonal sums on square maps, the direct product on
+    others) is numpy's full 2-D FFT read at the diagonal frequencies, which run from (0, 0) to
+    (H // 2, W // 2) in min(H, W) // 2 + 1 integer steps."""
+    from hfcjax.evaluators import features
+
+    maps = np.random.default_rng(seed).normal(0.3, 1.0, (2, height, width, 3))
+    u, v = features.diagonal_frequencies(height, width)
+    assert len(u) == min(height, width) // 2 + 1 and (u[-1], v[-1]) == (height // 2, width // 2)
+    assert np.all(np.diff(u) >= 0) and np.all(np.diff(v) >= 0) and (height != width or np.array_equal(u, v))
+    log_amplitude = np.log(np.abs(np.fft.fft2(maps, axes=(1, 2))[:, u, v]) + 1e-8).mean(-1)
+    got = np.asarray(features.diagonal_log_amplitude(jnp.asarray(maps, jnp.float32)))
+    np.testing.assert_allclose(got, log_amplitude - log_amplitude[:, :1], atol=2e-4)

@@ -3,11 +3,20 @@ the relative log amplitude of Fourier-transformed feature maps. Every Flax modul
 that is a feature map ``[B, H, W, C]`` (H, W >= `min_size`) is caught as the model runs
 (`flax.linen.intercept_methods`, so any Flax model: a run's, a ``(module, variables)`` pair,
 converted PyTorch weights); per map, the log amplitude ``log(|F| + 1e-8)`` of each channel's
-2-D Fourier transform is averaged over channels and over the rings of equal frequency; the
-profile is taken relative to the zero frequency and its radius expressed in units of pi
-(pi: the Nyquist frequency along a side, H / 2). `high`: the relative log amplitude at pi,
-the number plotted against depth. Means over the images; one row per model variant. A plain
-function has no modules to look into: use a Flax model.
+2-D Fourier transform F is averaged over channels and taken relative to the zero frequency,
+along a `profile`:
+
+- ``diagonal`` (the default; Park & Kim's own measure): F on the spectrum's diagonal, the
+  frequencies (j, j) for j = 0 .. H / 2 on a square map, from the zero frequency to (pi, pi).
+  Computed directly, not by a full transform (`diagonal_log_amplitude`). A map of H != W goes along (round(j H / 2 / (J-1)), round(j W / 2 / (J-1))),
+  J = min(H, W) / 2 + 1 points. Park & Kim's code stops one step short of pi; here the last
+  point is pi.
+- ``rings``: the mean over each ring of equal frequency of the whole 2-D spectrum (an FFT of
+  every channel), ring k at k / (H / 2) pi: isotropic, and about the cost of the forward
+  pass again on a CPU (docs/benchmarks.md).
+
+`high`: the value at pi, the number plotted against depth. Means over the images; one row per
+model variant. A plain function has no modules to look into: use a Flax model.
 
 Files: features.{json,csv,md} and features.png (the profiles by depth; `high` against depth
 for every rho).
@@ -34,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.enabled = False
     c.min_size = 4  # smallest feature-map side analysed (a 2x2 map has no spectrum to speak of)
     c.modules = ".*"  # regex on module paths ('Conv_0', 'layer1/BasicBlock_0', ...); only matches are kept
+    c.profile = "diagonal"  # or "rings" (module docstring)
     return c
 
 
@@ -41,6 +51,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     import re
 
     common.check_int(c, "min_size", 2)
+    if c.profile not in PROFILES:
+        raise ValueError(f"profile must be one of {sorted(PROFILES)}, got {c.profile!r}.")
     try:
         re.compile(c.modules)
     except (re.error, TypeError) as e:
@@ -72,16 +84,53 @@ def capture(logits_fn, x, min_size: int, pattern: str) -> Tuple[jnp.ndarray, Lis
 
 def relative_log_amplitude(feature_map) -> jnp.ndarray:
     """``[B, R]``: per image, the channel-mean log amplitude per ring minus its value at the
-    zero frequency."""
+    zero frequency (``profile="rings"``)."""
     amplitude = jnp.abs(jnp.fft.rfft2(feature_map.astype(jnp.float32), axes=(1, 2)))  # half: real maps
     profile = frequency.ring_mean(jnp.mean(jnp.log(amplitude + 1e-8), axis=-1), width=feature_map.shape[2])
     return profile - profile[:, :1]
 
 
+def diagonal_frequencies(height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(u, v): the J = min(H, W) // 2 + 1 integer frequencies of the diagonal profile, from (0, 0)
+    to (H // 2, W // 2); u == v == arange(J) on a square map."""
+    last = min(height, width) // 2
+    steps = np.arange(last + 1) / max(last, 1)
+    return np.rint(steps * (height // 2)).astype(int), np.rint(steps * (width // 2)).astype(int)
+
+
+def diagonal_log_amplitude(feature_map) -> jnp.ndarray:
+    """``[B, J]``: per image, the channel-mean log amplitude at the diagonal frequencies
+    (`diagonal_frequencies`) minus its value at the zero frequency (``profile="diagonal"``):
+    the Fourier transform at those J frequencies only. On a square map F(k, k) is the 1-D
+    transform of the sums along the wrapped anti-diagonals m + n = t (mod N), which a skew
+    (two reshapes) lines up; otherwise one matrix product with the J cosines and sines."""
+    b, height, width, channels = feature_map.shape
+    x = feature_map.astype(jnp.float32)
+    u, v = diagonal_frequencies(height, width)
+    if height == width:
+        n = height  # row m of the skewed [N, 2N - 1] view from column N - 1 on: x[m, (t - 1 - m) mod N]
+        skewed = jnp.concatenate([x, x], axis=2).reshape(b, 2 * n * n, channels)[:, :n * (2 * n - 1)]
+        x = jnp.sum(skewed.reshape(b, n, 2 * n - 1, channels)[:, :, n - 1:], axis=1)  # shifted by one: |F| the same
+        phase = 2 * np.pi * np.outer(np.arange(n), u / n)  # [N, J]
+    else:
+        x = x.reshape(b, height * width, channels)
+        phase = 2 * np.pi * (np.outer(np.arange(height), u / height)[:, None, :]
+                             + np.outer(np.arange(width), v / width)[None, :, :]).reshape(height * width, len(u))
+    basis = jnp.asarray(np.concatenate([np.cos(phase), np.sin(phase)], axis=-1), jnp.float32)
+    z = jnp.einsum("bpc,pk->bkc", x, basis, precision=jax.lax.Precision.HIGHEST)
+    amplitude = jnp.sqrt(jnp.square(z[:, :len(u)]) + jnp.square(z[:, len(u):]))  # [B, J, C]
+    profile = jnp.mean(jnp.log(amplitude + 1e-8), axis=-1)
+    return profile - profile[:, :1]
+
+
+PROFILES = {"diagonal": diagonal_log_amplitude, "rings": relative_log_amplitude}
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """Per captured feature map (`layers`, in depth order, with `shapes` H x W x C): the mean
-    relative log amplitude per ring (`profiles`, ring k at k / (H / 2) pi) and at pi (`high`)."""
+    relative log amplitude along the `profile` (`profiles`: point k at k / (min(H, W) / 2) pi,
+    along the diagonal or per ring) and at pi (`high`)."""
 
     name: str
     rho: float
@@ -90,6 +139,7 @@ class Row:
     shapes: List[List[int]]
     profiles: List[List[float]]
     high: List[float]
+    profile: str = "rings"  # rows written before the diagonal existed were rings
 
 
 class Evaluator(common.BatchEvaluator):
@@ -121,13 +171,14 @@ class Evaluator(common.BatchEvaluator):
 
     def batch_sums(self, ctx: common.BatchContext, args):
         _, maps = self._capture(ctx.logits_fn, ctx.x)
-        return {name: jnp.sum(relative_log_amplitude(m) * ctx.mask[:, None], axis=0) for name, m in maps}
+        spectrum = PROFILES[self.cfg.profile]
+        return {name: jnp.sum(spectrum(m) * ctx.mask[:, None], axis=0) for name, m in maps}
 
     def row(self, variant: common.ModelVariant, sums, n: int, seconds: float) -> Row:
         profiles = [(np.asarray(sums[name]) / n).tolist() for name in self._layers]
         high = [p[min(shape[0], shape[1]) // 2] for p, shape in zip(profiles, self._shapes)]
         return Row(name=variant.name, rho=variant.rho, bn_reestimated=variant.bn_reestimated, layers=self._layers,
-                   shapes=self._shapes, profiles=profiles, high=high)
+                   shapes=self._shapes, profiles=profiles, high=high, profile=self.cfg.profile)
 
     def columns(self, rows: List[Row]) -> List[reports.Column]:
         """Every map in the CSV; at most 8, evenly by depth, in the Markdown."""
@@ -151,7 +202,8 @@ def figure(rows: Sequence[Dict], path) -> str:
         for c, profile, shape in zip(depth, first["profiles"], first["shapes"]):
             half = min(shape[0], shape[1]) // 2
             axes[0].plot(np.arange(half + 1) / half, profile[:half + 1], color=c, lw=1)
-        axes[0].set_title(f"{first['name']}: feature maps, shallow (purple) to deep (yellow)", fontsize=9)
+        along = "along the diagonal, 0 to (pi, pi)" if first.get("profile") == "diagonal" else "ring means"
+        axes[0].set_title(f"{first['name']}: feature maps ({along}), shallow (purple) to deep (yellow)", fontsize=9)
     colours = plots.palette(len(rows))
     for c, row in zip(colours, rows):
         axes[1].plot(np.arange(len(row["high"])), row["high"], "o-", color=c, ms=3, label=row["name"])
