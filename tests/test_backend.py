@@ -44,7 +44,8 @@ def test_input_gradient_equals_forward_mode(strides, padding, dilation, groups, 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rule is for XLA:CPU")
 def test_gradients_in_a_rolled_loop_compile_to_canonical_convolutions():
     """A PGD-like rolled loop over a two-layer conv net: with the installed rule no convolution in
-    the compiled program reads a feature-swapped kernel (XLA:CPU's slow path); with JAX's own it does."""
+    the compiled program reads a feature-swapped kernel (XLA:CPU's slow path); with JAX's own it does,
+    and attacks unroll their loops on a CPU again, under the memory-optimized scheduler."""
     assert backend.canonical_conv_gradients()
     w1 = jnp.ones((3, 3, 3, 8), jnp.float32) / 27
     w2 = jnp.ones((3, 3, 8, 4), jnp.float32) / 72
@@ -61,9 +62,12 @@ def test_gradients_in_a_rolled_loop_compile_to_canonical_convolutions():
         return jax.jit(attack).lower(jnp.zeros((2, 8, 8, 3)), w1, w2).compile().as_text()
 
     assert "01oi" not in compiled_text()
+    assert backend.pgd_unroll() == 1 and backend.eval_compiler_options() is None  # rolled: XLA's default scheduler
     try:
         assert not backend.canonical_conv_gradients(False)  # JAX's own rule
         assert "01oi" in compiled_text()
+        assert backend.pgd_unroll() is True  # unrolled on a CPU, with the memory-optimized scheduler
+        assert backend.eval_compiler_options() == {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     finally:
         assert backend.canonical_conv_gradients()
     assert "01oi" not in compiled_text()
