@@ -111,9 +111,13 @@ def eval_compiler_options() -> Optional[Dict[str, str]]:
     Table-2 grid of the MNIST CNN at batch 200). With the loops rolled, XLA's default
     scheduler, as everywhere else: the same grid then takes 1.5 GB against 0.96 (ResNet-18:
     2.8 against 2.1 GB) and runs a little faster (3% on the grid, 10% on `features`' pass).
+    Several CPU processes keep it too: under the default scheduler a two-process evaluation
+    hung (each process waiting in a different collective of the grid's independent chains).
     Accelerators: defaults.
     """
-    if is_cpu() and pgd_unroll() is True:
+    import jax
+
+    if is_cpu() and (pgd_unroll() is True or jax.process_count() > 1):
         return {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     return None
 
