@@ -8,8 +8,8 @@ along a `profile`:
 
 - ``diagonal`` (the default; Park & Kim's own measure): F on the spectrum's diagonal, the
   frequencies (j, j) for j = 0 .. H / 2 on a square map, from the zero frequency to (pi, pi).
-  Computed directly, not by a full transform (`diagonal_log_amplitude`). A map of H != W goes along (round(j H / 2 / (J-1)), round(j W / 2 / (J-1))),
-  J = min(H, W) / 2 + 1 points. Park & Kim's code stops one step short of pi; here the last
+  Computed directly, not by a full transform (`diagonal_log_amplitude`). A map of H != W
+  goes along (round(j H / 2 / (J-1)), round(j W / 2 / (J-1))), J = min(H, W) / 2 + 1 points. Park & Kim's code stops one step short of pi; here the last
   point is pi.
 - ``rings``: the mean over each ring of equal frequency of the whole 2-D spectrum (an FFT of
   every channel), ring k at k / (H / 2) pi: isotropic, and about the cost of the forward
