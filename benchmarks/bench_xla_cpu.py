@@ -40,7 +40,6 @@ def _child() -> dict:
         loss = lambda v, z: optax.softmax_cross_entropy_with_integer_labels(logits(v, z), labels).mean()
         param_grad = jax.jit(jax.grad(loss))
         pgd = jax.jit(lambda v, z: attacks.pgd(lambda q: logits(v, q), z, labels, 8 / 255, step_size=2 / 255, steps=20))
-        jax.block_until_ready(pgd(variables, images))
         name = f"{arch}, {batch} images"
         times[f"{name}: forward pass"] = t_fwd
         times[f"{name}: input gradient"] = t_grad

@@ -82,7 +82,7 @@ def capture(logits_fn, x, min_size: int, pattern: str) -> Tuple[jnp.ndarray, Lis
     return logits, maps
 
 
-def relative_log_amplitude(feature_map) -> jnp.ndarray:
+def ring_log_amplitude(feature_map) -> jnp.ndarray:
     """``[B, R]``: per image, the channel-mean log amplitude per ring minus its value at the
     zero frequency (``profile="rings"``)."""
     amplitude = jnp.abs(jnp.fft.rfft2(feature_map.astype(jnp.float32), axes=(1, 2)))  # half: real maps
@@ -123,7 +123,7 @@ def diagonal_log_amplitude(feature_map) -> jnp.ndarray:
     return profile - profile[:, :1]
 
 
-PROFILES = {"diagonal": diagonal_log_amplitude, "rings": relative_log_amplitude}
+PROFILES = {"diagonal": diagonal_log_amplitude, "rings": ring_log_amplitude}
 
 
 @dataclasses.dataclass(frozen=True)
