@@ -489,6 +489,8 @@ def test_feature_map_spectra_match_numpy_on_flaxs_own_intermediates(linear, tmp_
                                                                                                       abs=1e-3)
     evaluator.write([row], tmp_path, inputs)
     assert (tmp_path / "features.png").stat().st_size > 10_000
+    larger = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)  # traced again, not kept
+    assert evaluator.run(inputs_of(larger, labels[:8], variables=variables))[0].shapes == [[16, 16, 4], [8, 8, 6]]
     only = section("features", enabled=True, modules="^down$")
     assert evaluators.module("features").Evaluator(apply_fn, only, QUIET).run(inputs)[0].layers == ["down"]
     with pytest.raises(ValueError, match="found no feature maps: the model is a plain function"):

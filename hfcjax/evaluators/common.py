@@ -200,6 +200,9 @@ def run_fused(evaluators: Sequence[BatchEvaluator], inputs: Inputs) -> Dict[str,
     return FusedPass(evaluators).run(inputs)
 
 
+_tree_add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))  # one call, not one per array (48 on a ResNet-18)
+
+
 class FusedPass:
     """`evaluators` compiled into one call per batch; keep the object to run them again
     (every epoch of a training run) without compiling again."""
@@ -243,7 +246,7 @@ class FusedPass:
             x, y, m = sharding.global_batch(self.batch_sh, x, y, m)
             counts = self.sums(variant.variables, x, y, m, jax.random.PRNGKey(self.shared.seed + b), args,
                                bool(inputs.inclusive))
-            total = jax.block_until_ready(counts if total is None else jax.tree.map(jnp.add, total, counts))
+            total = jax.block_until_ready(counts if total is None else _tree_add(total, counts))
             progress.advance(min((b + 1) * self.batch_size, n) - min(b * self.batch_size, n),
                              f"{variant.name}: batch {b + 1}")
         total = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(total))
