@@ -277,21 +277,29 @@ def ring_mean(values, width: Optional[int] = None) -> jnp.ndarray:
     return jnp.einsum("...hw,hwr->...r", values, jnp.asarray(onehot)) / onehot.sum(axis=(0, 1))
 
 
-def amplitude_phase(images) -> Tuple[jnp.ndarray, jnp.ndarray]:
+def amplitude_phase(images, phasor: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
     """Per channel, the amplitude ``|F(x)|`` and the phase ``angle(F(x))`` of the 2-D Fourier
     transform over H and W of real images, as `rfft2` lays it out (``[..., H, W // 2 + 1, C]``
-    each: the other half is their mirror image)."""
+    each: the other half is their mirror image). With `phasor` the phase comes as the unit
+    complex number ``F / |F|`` (1 where F = 0, whose angle is 0): `recombine` takes either,
+    and the phasor spares it an arctangent, a cosine and a sine per frequency."""
     spectrum = jnp.fft.rfft2(_check_images(images), axes=(-3, -2))
-    return jnp.abs(spectrum), jnp.angle(spectrum)
+    amplitude = jnp.abs(spectrum)
+    if not phasor:
+        return amplitude, jnp.angle(spectrum)
+    nonzero = amplitude > 0
+    return amplitude, jnp.where(nonzero, spectrum / jnp.where(nonzero, amplitude, 1.0), 1.0)
 
 
 def recombine(amplitude, phase, width: int) -> jnp.ndarray:
     """The real image ``[..., H, width, C]`` whose spectrum has `amplitude` and `phase` (both
-    as `amplitude_phase` returns them: its inverse). With one real image's amplitude and
-    another's phase (Chen et al. 2021's amplitude-phase recombination) this is the real part
-    of the inverse of the full recombined spectrum. Not clipped to [0, 1]."""
+    as `amplitude_phase` returns them, the phase as angles or as phasors: its inverse). With one
+    real image's amplitude and another's phase (Chen et al. 2021's amplitude-phase
+    recombination) this is the real part of the inverse of the full recombined spectrum. Not
+    clipped to [0, 1]."""
     height = amplitude.shape[-3]
-    return jnp.fft.irfft2(amplitude * jnp.exp(1j * phase), s=(height, width), axes=(-3, -2))
+    rotation = phase if jnp.iscomplexobj(phase) else jnp.exp(1j * phase)
+    return jnp.fft.irfft2(amplitude * rotation, s=(height, width), axes=(-3, -2))
 
 
 def dct_bands(height: int, width: int, block: int, stride: int) -> Tuple[int, ...]:

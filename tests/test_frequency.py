@@ -208,6 +208,12 @@ def test_recombined_spectrum_is_one_images_amplitude_and_the_others_phase(a):
     np.testing.assert_allclose(mixed, np.real(np.fft.ifft2(np.abs(fa) * np.exp(1j * np.angle(fb)), axes=(1, 2))),
                                atol=1e-5)
     np.testing.assert_allclose(np.abs(np.fft.fft2(mixed, axes=(1, 2))), np.abs(fa), atol=1e-4)  # real: nothing lost
+    same, phasor = frequency.amplitude_phase(b, phasor=True)  # the phase as F / |F|: the same recombination
+    np.testing.assert_allclose(np.abs(phasor), 1.0, atol=1e-5)
+    np.testing.assert_allclose(frequency.recombine(amplitude, phasor, width), mixed, atol=1e-5)
+    np.testing.assert_allclose(frequency.recombine(same, phasor, width), b, atol=1e-5)
+    zero, one = frequency.amplitude_phase(np.zeros_like(a), phasor=True)  # F = 0: angle 0, phasor 1
+    assert np.all(np.asarray(zero) == 0) and np.all(np.asarray(one) == 1)
 
 
 @settings(max_examples=20, deadline=None)

@@ -131,6 +131,11 @@ class BatchContext:
     def correct(self, images) -> jnp.ndarray:
         return jnp.argmax(self.logits_fn(images), -1) == self.labels
 
+    def predictions(self, *image_sets) -> List[jnp.ndarray]:
+        """The predicted labels of each set of B images, from one model call on all of them
+        stacked along the batch (on a CPU a call of 3 B images runs faster than three of B)."""
+        return jnp.split(jnp.argmax(self.logits_fn(jnp.concatenate(image_sets)), -1), len(image_sets))
+
     @property
     def clean_ok(self) -> jnp.ndarray:
         if self._clean_ok is None:
@@ -228,30 +233,46 @@ class FusedPass:
         log = self.shared.log if self.progress else (lambda message: None)
         progress = GridProgress(len(inputs.variants), len(inputs.images), log)
         out: Dict[str, List[Any]] = {e.name: [] for e in self.evaluators}
+        args = None  # the evaluators' arguments: the same for every variant, made once a row has to run
         for variant in inputs.variants:
-            kept = progress.kept_or_run(variant.name, inputs.partial, lambda: {
-                name: to_json(row) for name, row in self.rows(variant, inputs, progress).items()})
+            def rows():
+                nonlocal args
+                if args is None:
+                    args = {e.name: e.args(inputs) for e in self.evaluators}
+                return {name: to_json(row) for name, row in self.rows(variant, inputs, args, progress).items()}
+
+            kept = progress.kept_or_run(variant.name, inputs.partial, rows)
             for e in self.evaluators:
                 out[e.name].append(type(e).Row(**kept[e.name]))
         return {e.name: out[e.name] for e in self.evaluators}
 
-    def rows(self, variant: ModelVariant, inputs: Inputs, progress: "GridProgress") -> Dict[str, Any]:
-        n, start, total = len(inputs.images), time.time(), None
+    def rows(self, variant: ModelVariant, inputs: Inputs, args, progress: "GridProgress") -> Dict[str, Any]:
+        """One variant's rows. One batch is in flight while the host prepares the next; each
+        batch's progress line follows its sums."""
+        n, start, total, pending = len(inputs.images), time.time(), None, None
         if not self.compiled:
             progress.log("  compiling the attacks (once for every row; the first batch waits for it)")
             self.compiled = True
-        args = {e.name: e.args(inputs) for e in self.evaluators}
         for b, (x, y, m) in enumerate(data.batches(inputs.images, inputs.labels, self.batch_size, shuffle=False,
                                                    drop_remainder=False)):
             x, y, m = sharding.global_batch(self.batch_sh, x, y, m)
             counts = self.sums(variant.variables, x, y, m, jax.random.PRNGKey(self.shared.seed + b), args,
                                bool(inputs.inclusive))
-            total = jax.block_until_ready(counts if total is None else _tree_add(total, counts))
-            progress.advance(min((b + 1) * self.batch_size, n) - min(b * self.batch_size, n),
-                             f"{variant.name}: batch {b + 1}")
+            total = counts if total is None else _tree_add(total, counts)
+            _done(pending, progress)
+            pending = (total, min((b + 1) * self.batch_size, n) - min(b * self.batch_size, n),
+                       f"{variant.name}: batch {b + 1}")
+        _done(pending, progress)
         total = jax.tree.map(lambda v: np.asarray(v, np.float64), jax.device_get(total))
         seconds = round(time.time() - start, 2)
         return {e.name: e.row(variant, total[e.name], n, seconds) for e in self.evaluators}
+
+
+def _done(pending, progress: "GridProgress") -> None:
+    """Waits for the batch in flight, `(running total, images, label)`, and says it is done."""
+    if pending is not None:
+        jax.block_until_ready(pending[0])
+        progress.advance(*pending[1:])
 
 
 # --------------------------------------------------------------------------- progress

@@ -65,11 +65,12 @@ def random_phase(shape, seed: int) -> np.ndarray:
 def variants(x, amplitude_mean, phase_fixed):
     """(swapped, phase_only, amplitude_only) images of a batch `x` ``[B, H, W, C]``: image j
     with the amplitude of its partner (itself when it has none), clipped to [0, 1]."""
-    amplitude, phase = frequency.amplitude_phase(x)
+    amplitude, phasor = frequency.amplitude_phase(x, phasor=True)
     p = partners(x.shape[0])
     other = jnp.asarray(np.where(p >= 0, p, np.arange(x.shape[0])))
-    build = lambda a, p: jnp.clip(frequency.recombine(a, p, x.shape[-2]), 0.0, 1.0)
-    return build(amplitude[other], phase), build(amplitude_mean, phase), build(amplitude, phase_fixed)
+    amplitudes = jnp.stack([amplitude[other], jnp.broadcast_to(amplitude_mean, amplitude.shape), amplitude])
+    phasors = jnp.stack([phasor, phasor, jnp.broadcast_to(jnp.exp(1j * phase_fixed), phasor.shape)])
+    return tuple(jnp.clip(frequency.recombine(amplitudes, phasors, x.shape[-2]), 0.0, 1.0))  # one inverse transform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,12 +107,12 @@ class Evaluator(common.BatchEvaluator):
         has = jnp.asarray(p >= 0)
         other = jnp.asarray(np.where(p >= 0, p, 0))
         pair = has & (ctx.mask[other] > 0) & (ctx.labels[other] != ctx.labels)
-        predicted = jnp.argmax(ctx.logits_fn(swapped), -1)
+        predicted, on_phase, on_amplitude = ctx.predictions(swapped, phase_only, amplitude_only)
         return {"clean": ctx.count(ctx.clean_ok), "pairs": ctx.count(pair),
                 "follows_phase": ctx.count(pair & (predicted == ctx.labels)),
                 "follows_amplitude": ctx.count(pair & (predicted == ctx.labels[other])),
-                "phase_only": ctx.count(ctx.correct(phase_only)),
-                "amplitude_only": ctx.count(ctx.correct(amplitude_only))}
+                "phase_only": ctx.count(on_phase == ctx.labels),
+                "amplitude_only": ctx.count(on_amplitude == ctx.labels)}
 
     def row(self, variant: common.ModelVariant, sums, n: int, seconds: float) -> Row:
         pairs = int(sums["pairs"])
