@@ -22,24 +22,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import best_time, cifar_images, on_gpu
+from benchmarks.common import best_time, best_times, cifar_images, on_gpu
 from hfcjax import evaluators, frequency, models
 from hfcjax.evaluators import common, filtering, variants
 
 BATCHES = 4
 
 
-def _timed_run(evaluator, inputs, reps: int = 2) -> float:
-    """Best time of the evaluator's whole run on `inputs`, after one run that compiles."""
+def _timed_run(evaluator, inputs, *baselines, reps: int = 3):
+    """[best time of the evaluator's whole run on `inputs`, after one run that compiles, then
+    the best time of each blocking baseline], timed in turns (`best_times`)."""
     run = lambda: evaluator.run(inputs)
     if isinstance(evaluator, common.BatchEvaluator):  # the same compiled call every run
         run = functools.partial(common.FusedPass([evaluator], progress=False).run, inputs)
-    return best_time(run, reps=reps)
+    return best_times([run, *baselines], reps=reps)
 
 
 def _setup(model_name: str, batch: int, **model_kwargs):
     """(apply_fn, variables, Inputs of BATCHES x batch real CIFAR images, first batch as floats,
-    time of BATCHES jitted forward passes) for a freshly initialised `model_name`."""
+    BATCHES jitted forward passes (blocking; compiled)) for a freshly initialised `model_name`."""
     model = models.create_model(model_name, 10, **model_kwargs)
     images = cifar_images(BATCHES * batch)
     labels = (np.arange(len(images)) % 10).astype(np.int32)
@@ -49,18 +50,19 @@ def _setup(model_name: str, batch: int, **model_kwargs):
     apply_fn = lambda v, z: model.apply(v, z, **train_kw)
     inputs = common.Inputs(variables, variants.model_variants(variables, rhos=(0.0,)), images, labels, (4.0, 8.0))
     forward = jax.jit(lambda v, z: jnp.argmax(apply_fn(v, z), -1))
-    t_fwd = BATCHES * best_time(lambda: jax.block_until_ready(forward(variables, x)), reps=3)
-    return apply_fn, variables, inputs, x, t_fwd
+    forwards = lambda: [jax.block_until_ready(forward(variables, x)) for _ in range(BATCHES)]
+    forwards()
+    return apply_fn, variables, inputs, x, forwards
 
 
 def run():
     gpu = on_gpu()
     batch = 256 if gpu else 64
-    apply_fn, variables, inputs, x, t_fwd = _setup("mnist_cnn", batch, batch_norm=False)
+    apply_fn, variables, inputs, x, forwards = _setup("mnist_cnn", batch, batch_norm=False)
     images, labels = inputs.images, inputs.labels
     shared = common.Shared(batch_size=batch, log=lambda m: None)
     grad = jax.jit(jax.grad(lambda v, z: jnp.sum(jax.nn.log_softmax(apply_fn(v, z))[:, 0]), argnums=1))
-    t_grad = BATCHES * best_time(lambda: jax.block_until_ready(grad(variables, x)), reps=5)
+    grads = lambda: [jax.block_until_ready(grad(variables, x)) for _ in range(BATCHES)]
 
     def section(name, **values):
         c = evaluators.section_defaults(name)
@@ -72,20 +74,20 @@ def run():
     radii = fil.cfg.points
     rings = len(np.arange(0.0, filtering.largest_radius(32, 32), fil.cfg.ring_width))
     passes = 1 + 2 * radii + 2 * rings
-    t = _timed_run(fil, inputs)
+    t, t_fwd = _timed_run(fil, inputs, forwards, reps=2)
     rows.append((f"filtering: {radii} radii + {rings} rings, {BATCHES} x {batch} images", len(inputs.images) / t, "img/s",
                  t / (passes * t_fwd), f"time / ({passes} forward passes) (goal <= 1.2)"))
-    t = _timed_run(section("phase"), inputs)
+    t, t_fwd = _timed_run(section("phase"), inputs, forwards)
     rows.append((f"phase: recombined, phase-only, amplitude-only, {BATCHES} x {batch} images", len(inputs.images) / t, "img/s",
                  t / (4 * t_fwd), "time / (4 forward passes) (goal <= 1.2)"))
-    t = _timed_run(section("gradients"), inputs)
+    t, t_fwd, t_grad = _timed_run(section("gradients"), inputs, forwards, grads)
     rows.append((f"gradients: spectra of gradients and FGSM signs, {BATCHES} x {batch} images", len(inputs.images) / t, "img/s",
                  t / (t_grad + 2 * t_fwd), "time / (1 fwd+bwd + 2 forward passes) (goal <= 1.2)"))
-    t = _timed_run(section("features"), inputs)
+    t, t_fwd = _timed_run(section("features"), inputs, forwards)
     rows.append((f"features: spectra of every feature map, {BATCHES} x {batch} images", len(images) / t, "img/s", t / t_fwd,
                  "time / (1 forward pass) (goal <= 1.2)"))
     rows.append(_features_resnet(gpu))
-    rows.extend(_corruptions(section, inputs, t_fwd, batch))
+    rows.extend(_corruptions(section, inputs, forwards, batch))
     mar = section("margins", steps=5)
     starts = frequency.dct_bands(32, 32, mar.cfg.block, mar.cfg.stride)
     bands = len(starts) + 1
@@ -109,7 +111,7 @@ def run():
     return rows
 
 
-def _corruptions(section, inputs, t_fwd: float, batch: int):
+def _corruptions(section, inputs, forwards, batch: int):
     """Two rows: the evaluator on cached corrupted images against its (sets + 1) forward passes,
     and the one-off generation of the 75 sets in numpy (the first run minus a cached run)."""
     import os
@@ -123,7 +125,7 @@ def _corruptions(section, inputs, t_fwd: float, batch: int):
             start = time.perf_counter()
             ev.run(inputs)
             first = time.perf_counter() - start
-            t = _timed_run(ev, inputs)
+            t, t_fwd = _timed_run(ev, inputs, forwards, reps=2)
         finally:
             os.environ.pop("HFCJAX_CACHE_DIR") if saved is None else os.environ.update(HFCJAX_CACHE_DIR=saved)
     sets = len(ev.cfg.corruptions) * len(ev.cfg.severities)
@@ -137,10 +139,10 @@ def _corruptions(section, inputs, t_fwd: float, batch: int):
 def _features_resnet(gpu: bool):
     """The `features` row on ResNet-18 (BatchNorm, CIFAR-10 images): its every module output."""
     batch = 128 if gpu else 32
-    apply_fn, variables, inputs, _, t_fwd = _setup("resnet18", batch, batch_norm=True)
+    apply_fn, variables, inputs, _, forwards = _setup("resnet18", batch, batch_norm=True)
     c = evaluators.section_defaults("features")
     c.enabled = True
     evaluator = evaluators.module("features").Evaluator(apply_fn, c, common.Shared(batch_size=batch, log=lambda m: None))
-    t = _timed_run(evaluator, inputs)
+    t, t_fwd = _timed_run(evaluator, inputs, forwards)
     return (f"features: ResNet-18, every module's output, {BATCHES} x {batch} images", len(inputs.images) / t, "img/s",
             t / t_fwd, "time / (1 forward pass) (goal <= 1.2)")

@@ -22,6 +22,20 @@ def best_time(fn, reps: int = 5, warmup: int = 1) -> float:
     return min(times)
 
 
+def best_times(fns, reps: int = 3, warmup: int = 1) -> list:
+    """Best wall time of each blocking `fns[i]()` over `reps` rounds after `warmup` rounds; a
+    round runs every fn once, in turn, so a slow spell of a shared machine reaches all of them
+    alike and their ratio (what a benchmark reports) stays put."""
+    best = [float("inf")] * len(fns)
+    for r in range(warmup + reps):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            if r >= warmup:
+                best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
 def random_model(arch: str, batch: int, **options):
     """(logits(variables, x), variables, x): model `arch` of hfcjax.models with random weights (key 0)
     in inference mode, and `batch` real CIFAR-10 images as floats in [0, 1]."""

@@ -6,7 +6,7 @@
 #   2. bf16 ResNet-18 train step: op profile first, then the rows against torch.compile
 #   3. AutoAttack standard on a WRN-28-10 against torchattacks' (goal >= 3x)
 #   4. CIFAR-10 subset, paper's ResNet-18: the BatchNorm model and M_adversarial for Table 2
-#      (epochs shortened to fit), evaluated with rho 0 / 1, AutoAttack and the frequency evaluators
+#      (epochs shortened to fit), evaluated with rho 0 / 1, AutoAttack and the six frequency evaluators
 # The machine has jax[cuda], flax, optax, orbax, chex, torch but no internet and no ../shared.
 # Expects carried: .whl/ (ml_collections, tensorboardX, torchattacks wheels) and .data/ (a copy of
 # ../shared/data/cifar-10-batches-py). Writes logs and tables under $OUT (and a tarball of the runs).
@@ -52,7 +52,8 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under min(LIMIT, ti
 if [ "$DRY" = 1 ]; then  # CPU smoke test of the split and CIFAR steps with tiny sizes
   SPLIT_N=1000; EPOCHS_BN=1; EPOCHS_ADV=1; TRAIN_SUB="--config.train_subset=200 --config.test_subset=100"
   EVAL_N=16; AA="--config.evals.autoattack.apgd_steps=2 --config.evals.autoattack.fab_steps=2 --config.evals.autoattack.square_queries=4"
-  ROB="--config.evals.robustness.eps=(0.03,) --config.evals.robustness.pgd_steps=2 --config.evals.robustness.square_queries=0"
+  ROB="--config.evals.robustness.eps=(0.03,) --config.evals.robustness.pgd_steps=2 --config.evals.robustness.square_queries=0
+  --config.evals.margins.steps=2 --config.evals.corruptions.severities=(1,)"
 else
   SPLIT_N=50000; EPOCHS_BN=${EPOCHS_BN:-25}; EPOCHS_ADV=${EPOCHS_ADV:-20}; TRAIN_SUB=""
   EVAL_N=${EVAL_N:-500}; AA=""; ROB=""
@@ -72,9 +73,10 @@ step train_adv 110 $PY -m hfcjax.main $TRAIN --workdir $RUNS/adversarial --confi
   --config.num_epochs=$EPOCHS_ADV
 EVAL="--config.evaluation.rhos=(0.0,1.0) --config.evaluation.num_examples=$EVAL_N --config.evaluation.batch_size=500
   --config.evals.autoattack.enabled=True --config.evals.filtering.enabled=True --config.evals.phase.enabled=True
-  --config.evals.gradients.enabled=True $AA $ROB"
-TAIL=40 step eval_adv 150 $PY -m hfcjax.evaluate --workdir $RUNS/adversarial $EVAL
-TAIL=40 step eval_bn 90 $PY -m hfcjax.evaluate --workdir $RUNS/natural_bn $EVAL
+  --config.evals.gradients.enabled=True --config.evals.margins.enabled=True --config.evals.features.enabled=True
+  --config.evals.corruptions.enabled=True $AA $ROB"
+TAIL=40 step eval_adv 180 $PY -m hfcjax.evaluate --workdir $RUNS/adversarial $EVAL
+TAIL=40 step eval_bn 120 $PY -m hfcjax.evaluate --workdir $RUNS/natural_bn $EVAL
 (cd $RUNS 2>/dev/null && tar czf "$OUT/cifar_runs.tgz" --exclude=checkpoints --exclude='*.lock' . 2>/dev/null)
 echo "total: $(( $(date +%s) - START ))s"
 cat "$OUT/steps.log"
