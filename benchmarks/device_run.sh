@@ -10,7 +10,8 @@
 # The machine has jax[cuda], flax, optax, orbax, chex, torch but no internet and no ../shared.
 # Expects carried: .whl/ (ml_collections, tensorboardX, torchattacks wheels) and .data/ (a copy of
 # ../shared/data/cifar-10-batches-py). Writes logs and tables under $OUT (and a tarball of the runs).
-# Dry run on a CPU (the CIFAR steps with tiny settings; the benchmarks other than the split are left out): DRY=1 OUT=/tmp/out bash benchmarks/device_run.sh
+# Dry run on a CPU (the CIFAR steps with tiny settings, LeNet and 5x the limits; the benchmarks other than the split are left out):
+#   DRY=1 DEADLINE=3000 OUT=/tmp/out bash benchmarks/device_run.sh
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -27,12 +28,14 @@ DEADLINE=${DEADLINE:-520}
 SKIP=",${SKIP:-},"  # steps to leave out, e.g. SKIP=profile_split,bench_autoattack
 START=$(date +%s)
 DRY=${DRY:-0}
+SCALE=${SCALE:-$([ "$DRY" = 1 ] && echo 5 || echo 1)}  # the steps' limits times this (a CPU dry run is slower)
 RUNS=/tmp/hfcjax_runs
 rm -rf "$RUNS"
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under min(LIMIT, time left), logs to $OUT/NAME.log
   local name=$1 limit=$2
   shift 2
+  limit=$(( limit * SCALE ))
   local left=$(( DEADLINE - ($(date +%s) - START) ))
   [ "$left" -lt "$limit" ] && limit=$left
   if [[ "$SKIP" == *",$name,"* ]]; then echo "== $name: skipped (SKIP)"; return; fi
@@ -50,7 +53,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under min(LIMIT, ti
 } | tee "$OUT/gpu.txt"
 
 if [ "$DRY" = 1 ]; then  # CPU smoke test of the split and CIFAR steps with tiny sizes
-  SPLIT_N=1000; EPOCHS_BN=1; EPOCHS_ADV=1; TRAIN_SUB="--config.train_subset=200 --config.test_subset=100"
+  SPLIT_N=1000; EPOCHS_BN=1; EPOCHS_ADV=1; TRAIN_SUB="--config.train_subset=200 --config.test_subset=100 --config.model=lenet"
   EVAL_N=16; AA="--config.evals.autoattack.apgd_steps=2 --config.evals.autoattack.fab_steps=2 --config.evals.autoattack.square_queries=4"
   ROB="--config.evals.robustness.eps=(0.03,) --config.evals.robustness.pgd_steps=2 --config.evals.robustness.square_queries=0
   --config.evals.margins.steps=2 --config.evals.corruptions.severities=(1,)"

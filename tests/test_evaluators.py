@@ -449,6 +449,10 @@ def test_subspace_margins_equal_the_closed_form_of_a_linear_model(linear, tmp_pa
     assert row.found == [1.0, 1.0, 1.0] and row.full_median < min(row.median)  # a subspace is never closer
     evaluator.write([row], tmp_path, inputs)
     assert (tmp_path / "margins.png").stat().st_size > 10_000
+    none = [None] * len(row.band_starts)  # a model that gets no image right: a figure that says so, no error
+    empty = dict(common.to_json(row), images=0, per_image=[], median=none, q25=none, q75=none, full_median=None)
+    evaluators.module("margins").figure([empty], tmp_path / "empty.png")
+    assert (tmp_path / "empty.png").stat().st_size > 5_000
     assert "DCT 4-7" in (tmp_path / "margins.md").read_text()
     with pytest.raises(ValueError, match="a DCT block of 13x13 does not fit 12x12 images"):
         evaluators.module("margins").Evaluator(apply_fn, section("margins", block=13), QUIET).run(inputs)

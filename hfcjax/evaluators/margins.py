@@ -172,8 +172,13 @@ def figure(rows: Sequence[Dict], path) -> str:
         axes[1].set_xticks(range(len(first["band_starts"])),
                            [f"{s}-{s + first['block'] - 1}" for s in first["band_starts"]], fontsize=7)
         axes[1].set_title(f"{first['name']}: every image's margin", fontsize=9)
+    shown = [v for row in rows for image in row["per_image"] for v in image if v is not None and v > 0]
     for ax in axes:
-        ax.set_yscale("log")
+        if shown:  # none when no image was classified right (a model at chance)
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "no correctly classified image: no margins", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
         ax.grid(alpha=0.3)
         ax.set_ylabel("L2 margin (pixels in [0, 1])", fontsize=8)
     axes[0].set_xlabel("diagonal DCT block (centre index; low -> high frequency)", fontsize=8)
