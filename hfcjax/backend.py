@@ -122,7 +122,10 @@ def eval_compiler_options() -> Optional[Dict[str, str]]:
     return None
 
 
-HEATMAP_UNROLL_MAX = 64  # chunks; beyond it a CPU runs the scan rolled (bounded program size and memory)
+# Chunks; beyond it a CPU runs the scan rolled (bounded program size and memory). 128 keeps a
+# 32x32 image's 514 bases (65 chunks of 8) unrolled: at 64 its one-call heat map ran rolled, 1.83x
+# its forward passes against 1.03x unrolled (about 6 s more compilation; docs/benchmarks.md).
+HEATMAP_UNROLL_MAX = 128
 
 
 def heatmap_unroll(chunks: int):

@@ -116,3 +116,13 @@ def test_convolution_flag_respects_the_user_and_late_calls(monkeypatch):
     assert backend.cpu_convolutions_threaded()
     assert __import__("os").environ["XLA_FLAGS"].split() == ["--xla_cpu_multi_thread_eigen=false",
                                                              backend.YNN_NO_LONE_CONVOLUTIONS]
+
+
+def test_a_cifar_sized_heat_map_runs_unrolled_on_a_cpu():
+    """A 32x32 image's one-call heat map (514 bases, 65 chunks of 8) unrolls its scan on a CPU
+    (rolled it ran 1.8x slower); a far larger one stays rolled (bounded program)."""
+    from hfcjax import heatmap
+
+    chunks = len(heatmap.padded_ids(len(heatmap.basis_frequencies(32, 32)[0]), 8)) // 8
+    assert chunks == 65 and backend.heatmap_unroll(chunks) is True
+    assert backend.heatmap_unroll(10_000) == 1
