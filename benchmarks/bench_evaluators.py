@@ -24,7 +24,7 @@ import numpy as np
 
 from benchmarks.common import best_time, best_times, cifar_images, on_gpu
 from hfcjax import evaluators, frequency, models
-from hfcjax.evaluators import common, filtering, variants
+from hfcjax.evaluators import common, filtering, fused, variants
 
 BATCHES = 4
 
@@ -34,7 +34,7 @@ def _timed_run(evaluator, inputs, *baselines, reps: int = 3):
     the best time of each blocking baseline], timed in turns (`best_times`)."""
     run = lambda: evaluator.run(inputs)
     if isinstance(evaluator, common.BatchEvaluator):  # the same compiled call every run
-        run = functools.partial(common.FusedPass([evaluator], progress=False).run, inputs)
+        run = functools.partial(fused.FusedPass([evaluator], progress=False).run, inputs)
     return best_times([run, *baselines], reps=reps)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from hfcjax import checkpoints, config as config_lib, data, evaluators, locks, measure, models, plots, sharding, writers
-from hfcjax.evaluators import common
+from hfcjax.evaluators import common, fused
 from hfcjax.steps import StepOptions, TrainState, init_state, make_optimizer, summarize, train_step, zero_totals
 from hfcjax.errors import UserError
 
@@ -89,7 +89,7 @@ class Tracking:
         self.evaluators = evaluators.build_tracking(config.evals, apply_fn, shared)
         self.sets = {"train": train_set, "test": test_set}
         self.radii, self.inclusive = tuple(float(r) for r in config.track_radii), bool(config.inclusive)
-        self.passes: Dict[Tuple[str, ...], common.FusedPass] = {}
+        self.passes: Dict[Tuple[str, ...], fused.FusedPass] = {}
 
     def __call__(self, state: TrainState, epoch: int) -> Dict[str, float]:
         """metrics.jsonl values of the evaluators due after `epoch` (train split first)."""
@@ -98,7 +98,7 @@ class Tracking:
             return {}
         names = tuple(e.name for e in due)
         if names not in self.passes:
-            self.passes[names] = common.FusedPass(due, progress=False)
+            self.passes[names] = fused.FusedPass(due, progress=False)
         variables = checkpoints.variables_of(state.params, state.batch_stats)
         variant = common.ModelVariant("model", 0.0, False, variables)
         metrics: Dict[str, float] = {}

@@ -118,6 +118,7 @@ def test_convolution_flag_respects_the_user_and_late_calls(monkeypatch):
                                                              backend.YNN_NO_LONE_CONVOLUTIONS]
 
 
+@pytest.mark.skipif(not backend.is_cpu(), reason="the unrolled scan is a CPU choice")
 def test_a_cifar_sized_heat_map_runs_unrolled_on_a_cpu():
     """A 32x32 image's one-call heat map (514 bases, 65 chunks of 8) unrolls its scan on a CPU
     (rolled it ran 1.8x slower); a far larger one stays rolled (bounded program)."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hfcjax import checkpoints, config as config_lib, data, evaluate, evaluators, heatmap, smoothing, train
-from hfcjax.evaluators import common, variants
+from hfcjax.evaluators import common, fused, variants
 
 FAST_COMPILE = True  # compilation is most of this module's in-process time (conftest._fast_compile)
 
@@ -83,7 +83,7 @@ def test_rho_grid_compiles_once(run_dir, count_compiles):
     inputs = common.Inputs(variables, variants.model_variants(variables, rhos=(0.0, 0.1, 1.0)), x[:8], y[:8],
                            (4.0,))
     with count_compiles() as compiles:
-        rows = common.run_fused([e for e in built if isinstance(e, common.BatchEvaluator)], inputs)
+        rows = fused.run_fused([e for e in built if isinstance(e, common.BatchEvaluator)], inputs)
     assert compiles["sums"] == 1 and len(rows["robustness"]) == len(rows["spectra"]) == 3
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hfcjax import config as config_lib, evaluators, external, measure, smoothing, writers
-from hfcjax.evaluators import checks, common, frequency, variants
+from hfcjax.evaluators import checks, common, frequency, fused, variants
 
 FAST_COMPILE = True  # compilation is most of this module's time (conftest._fast_compile)
 
@@ -91,11 +91,11 @@ def test_fused_evaluators_equal_each_alone(linear):
     band = evaluators.module("band").Evaluator(apply_fn, section("band", enabled=True, radius=3.0, eps=(0.05,),
                                                                  pgd_steps=2), QUIET)
     inputs = inputs_of(images, labels)
-    fused = common.run_fused([band, rob], inputs)
+    together = fused.run_fused([band, rob], inputs)
     strip = lambda row: {k: v for k, v in common.to_json(row).items() if k != "seconds"}
-    assert strip(fused["robustness"][0]) == strip(rob.run(inputs)[0])
-    assert fused["band"] == band.run(inputs)
-    assert 0 <= fused["band"][0].leak_low[0] <= 1
+    assert strip(together["robustness"][0]) == strip(rob.run(inputs)[0])
+    assert together["band"] == band.run(inputs)
+    assert 0 <= together["band"][0].leak_low[0] <= 1
 
 
 def test_grid_progress_eta_is_of_the_whole_grid_and_leaves_compilation_out(monkeypatch):

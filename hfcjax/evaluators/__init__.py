@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Tuple
 
 import ml_collections
 
-from hfcjax.evaluators import common
+from hfcjax.evaluators import common, fused
 from hfcjax.errors import UserError
 
 @functools.lru_cache(maxsize=None)
@@ -118,7 +118,7 @@ def run_all(evaluators: List[common.Evaluator], inputs: common.Inputs) -> Dict[s
         group = [e for e in evaluators if e.stage == stage]
         batched = [e for e in group if isinstance(e, common.BatchEvaluator)]
         if batched:
-            results.update(common.run_fused(batched, inputs))
+            results.update(fused.run_fused(batched, inputs))
         for e in group:
             if not isinstance(e, common.BatchEvaluator):
                 results[e.name] = e.run(inputs)
