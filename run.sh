@@ -66,10 +66,17 @@ case "$cmd" in
       "$VENV/bin/python" -m hfcjax.plots --dataset cifar10 --out "$WORKDIR/figures/cifar10_split_examples.png"
     fi
     echo "hfcjax: metrics in $WORKDIR/metrics.jsonl, figures in $WORKDIR/figures/, checkpoints in $WORKDIR/checkpoints/"
-    echo "hfcjax: evaluate with: $VENV/bin/python -m hfcjax.evaluate --workdir $WORKDIR"
+    echo "hfcjax: evaluate with: ./run.sh evaluate [--config.evals.NAME.enabled=True ...]  (same data and workdir)"
+    ;;
+  evaluate)
+    # The evaluation of ./run.sh's run, with the same data directory and workdir; any evaluate flag after it.
+    shift
+    setup test
+    WORKDIR="${WORKDIR:-runs/fashion_mnist_cnn}"
+    exec "$VENV/bin/python" -m hfcjax.evaluate --workdir "$WORKDIR" "$@"
     ;;
   *)
-    echo "usage: ./run.sh [train [--config.KEY=VALUE ...]] | ./run.sh test [pytest args]" >&2
+    echo "usage: ./run.sh [train [--config.KEY=VALUE ...]] | ./run.sh evaluate [evaluate flags] | ./run.sh test [pytest args]" >&2
     exit 2
     ;;
 esac
