@@ -133,3 +133,12 @@ def test_the_launcher_refuses_a_command_without_distributed_and_passes_signal_st
     killed = launch.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], 1,
                         grace=1)
     assert killed == 137
+
+
+def test_run_sh_names_its_commands_and_refuses_others():
+    """`./run.sh` knows train, evaluate and test; anything else gets its usage line and exit 2
+    (before any set-up)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["bash", str(root / "run.sh"), "nonsense"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "./run.sh evaluate" in out.stderr and "./run.sh test" in out.stderr and "nonsense" not in out.stdout
