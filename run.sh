@@ -50,6 +50,7 @@ unset PYTHONDONTWRITEBYTECODE
 export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"
 
 cmd="${1:-train}"
+WORKDIR="${WORKDIR:-runs/fashion_mnist_cnn}"  # ./run.sh's run: trained by train, read by evaluate
 case "$cmd" in
   test)
     shift
@@ -59,7 +60,6 @@ case "$cmd" in
   train)
     [ $# -gt 0 ] && shift
     setup test
-    WORKDIR="${WORKDIR:-runs/fashion_mnist_cnn}"
     echo "hfcjax: training the MNIST CNN on Fashion-MNIST (data: ${HFCJAX_DATA_DIR:-the published files, downloaded once into ${HFCJAX_CACHE_DIR:-~/.cache/hfcjax}}) into $WORKDIR"
     "$VENV/bin/python" -m hfcjax.main --config configs/fashion_mnist_cnn.py --workdir "$WORKDIR" "$@"
     if "$VENV/bin/python" -c "from hfcjax import data; data.load('cifar10', 'test', source='files')" 2>/dev/null; then
@@ -72,7 +72,6 @@ case "$cmd" in
     # The evaluation of ./run.sh's run, with the same data directory and workdir; any evaluate flag after it.
     shift
     setup test
-    WORKDIR="${WORKDIR:-runs/fashion_mnist_cnn}"
     exec "$VENV/bin/python" -m hfcjax.evaluate --workdir "$WORKDIR" "$@"
     ;;
   *)

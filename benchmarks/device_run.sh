@@ -55,11 +55,11 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: runs COMMAND under min(LIMIT, ti
 if [ "$DRY" = 1 ]; then  # CPU smoke test of the split and CIFAR steps with tiny sizes
   SPLIT_N=1000; EPOCHS_BN=1; EPOCHS_ADV=1; TRAIN_SUB="--config.train_subset=200 --config.test_subset=100 --config.model=lenet"
   EVAL_N=16; AA="--config.evals.autoattack.apgd_steps=2 --config.evals.autoattack.fab_steps=2 --config.evals.autoattack.square_queries=4"
-  ROB="--config.evals.robustness.eps=(0.03,) --config.evals.robustness.pgd_steps=2 --config.evals.robustness.square_queries=0
+  SMALL="--config.evals.robustness.eps=(0.03,) --config.evals.robustness.pgd_steps=2 --config.evals.robustness.square_queries=0
   --config.evals.margins.steps=2 --config.evals.corruptions.severities=(1,)"
 else
   SPLIT_N=50000; EPOCHS_BN=${EPOCHS_BN:-25}; EPOCHS_ADV=${EPOCHS_ADV:-20}; TRAIN_SUB=""
-  EVAL_N=${EVAL_N:-500}; AA=""; ROB=""
+  EVAL_N=${EVAL_N:-500}; AA=""; SMALL=""
 fi
 
 # 1. split
@@ -77,7 +77,7 @@ step train_adv 110 $PY -m hfcjax.main $TRAIN --workdir $RUNS/adversarial --confi
 EVAL="--config.evaluation.rhos=(0.0,1.0) --config.evaluation.num_examples=$EVAL_N --config.evaluation.batch_size=500
   --config.evals.autoattack.enabled=True --config.evals.filtering.enabled=True --config.evals.phase.enabled=True
   --config.evals.gradients.enabled=True --config.evals.margins.enabled=True --config.evals.features.enabled=True
-  --config.evals.corruptions.enabled=True $AA $ROB"
+  --config.evals.corruptions.enabled=True $AA $SMALL"
 TAIL=40 step eval_adv 180 $PY -m hfcjax.evaluate --workdir $RUNS/adversarial $EVAL
 TAIL=40 step eval_bn 120 $PY -m hfcjax.evaluate --workdir $RUNS/natural_bn $EVAL
 (cd $RUNS 2>/dev/null && tar czf "$OUT/cifar_runs.tgz" --exclude=checkpoints --exclude='*.lock' . 2>/dev/null)
